@@ -1,0 +1,236 @@
+"""The owned decoder: Llama-family and Gemma-family causal LMs with plain tensors in and out.
+
+Module and parameter names mirror Hugging Face's (minus the ``model.`` prefix), so a checkpoint's
+safetensors load without a name map. Note that ``post_attention_layernorm`` is the pre-MLP norm in the
+Llama family but a true post-attention norm in Gemma (whose pre-MLP norm is ``pre_feedforward_layernorm``),
+exactly as in transformers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentcache.model.config import SLIDING, ModelConfig
+from latentcache.model.rope import apply_rope, inverse_frequencies, rope_tables
+
+
+class KVCache:
+    """Static key/value buffers for every layer, allocated once and written in place at explicit slots.
+
+    Layout:
+      - ``keys[l]``, ``values[l]``: ``[batch, kv_heads, max_seq, head_dim]`` for layer ``l`` (BHSD), keys
+        stored after rope;
+      - ``positions``: ``[batch, max_seq]`` int64, the rope position of whatever occupies each slot (slot and
+        position differ under left padding and in block-masked training; sliding windows are measured in
+        positions).
+    Slots are indexed from 0; ``Decoder.forward(..., cache=c, write_index=i)`` writes its ``q`` new rows to
+    slots ``[i, i + q)`` of every layer and attends over the first ``mask.shape[-1]`` slots. Which slots are
+    valid is the caller's business (the attention mask); nothing here grows, shifts or copies.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch: int,
+        max_seq: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        shape = (batch, config.num_kv_heads, max_seq, config.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.positions = torch.zeros(batch, max_seq, dtype=torch.long, device=device)
+        self.batch, self.max_seq = batch, max_seq
+
+    def write(self, layer: int, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store ``[batch, kv_heads, q, head_dim]`` rows at slots ``[index, index + q)`` of ``layer``."""
+        end = index + keys.shape[2]
+        self.keys[layer][:, :, index:end] = keys
+        self.values[layer][:, :, index:end] = values
+
+    def reset(self) -> None:
+        for buffer in (*self.keys, *self.values, self.positions):
+            buffer.zero_()
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with the reduction in fp32. ``gemma`` style scales by ``1 + w`` before casting back."""
+
+    def __init__(self, dim: int, eps: float, style: str) -> None:
+        super().__init__()
+        self.eps, self.gemma = eps, style == "gemma"
+        self.weight = nn.Parameter(torch.zeros(dim) if self.gemma else torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.gemma:
+            return (normed * (1.0 + self.weight.float())).to(x.dtype)
+        return self.weight * normed.to(x.dtype)
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+    softcap: float | None,
+) -> torch.Tensor:
+    """Masked attention. ``q [B,H,Q,D]``, ``k/v [B,Hkv,K,D]``, ``mask`` bool ``[B,1,Q,K]`` (True = attend).
+
+    Soft-capped scores (Gemma-2) need the explicit path; everything else goes through SDPA, which runs
+    an efficient kernel for arbitrary boolean masks. Every query row must allow at least one key.
+    """
+    groups = q.shape[1] // k.shape[1]
+    if softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return torch.matmul(probs, v)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.config, self.layer = config, layer
+        hidden, heads, kv_heads, head_dim = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+        self.q_proj = nn.Linear(hidden, heads * head_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(heads * head_dim, hidden, bias=config.o_bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(head_dim, config.rms_norm_eps, config.norm_style)
+            self.k_norm = RMSNorm(head_dim, config.rms_norm_eps, config.norm_style)
+
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        return x.view(batch, seq, n, self.config.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor,
+        cache: KVCache | None,
+        write_index: int,
+    ) -> torch.Tensor:
+        cfg = self.config
+        q = self._heads(self.q_proj(x), cfg.num_heads)
+        k = self._heads(self.k_proj(x), cfg.num_kv_heads)
+        v = self._heads(self.v_proj(x), cfg.num_kv_heads)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            cache.write(self.layer, write_index, k, v)
+            span = mask.shape[-1]
+            k, v = cache.keys[self.layer][:, :, :span], cache.values[self.layer][:, :, :span]
+        out = attend(q, k, v, mask, cfg.attn_scale, cfg.attn_softcap)
+        batch, _, seq, _ = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        hidden, inner, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(hidden, inner, bias=bias)
+        self.up_proj = nn.Linear(hidden, inner, bias=bias)
+        self.down_proj = nn.Linear(inner, hidden, bias=bias)
+        self.act = nn.SiLU() if config.hidden_act == "silu" else nn.GELU(approximate="tanh")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        eps, style = config.rms_norm_eps, config.norm_style
+        self.sandwich = config.sandwich_norm
+        self.self_attn = Attention(config, layer)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps, style)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, style)
+        if self.sandwich:
+            self.pre_feedforward_layernorm = RMSNorm(config.hidden_size, eps, style)
+            self.post_feedforward_layernorm = RMSNorm(config.hidden_size, eps, style)
+
+    def forward(self, x, rope, mask, cache, write_index) -> torch.Tensor:
+        attn = self.self_attn(self.input_layernorm(x), rope, mask, cache, write_index)
+        if not self.sandwich:
+            x = x + attn
+            return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.post_attention_layernorm(attn)
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+
+
+class Decoder(nn.Module):
+    """A causal LM of a supported family.
+
+    ``forward`` takes token ids or input embeddings ``[batch, q, hidden]``, explicit ``position_ids
+    [batch, q]`` and an explicit boolean ``attention_mask [batch, q, k]`` (True = may attend; any block
+    structure). Without a cache, the ``k`` keys are the ``q`` inputs themselves. With a ``KVCache``, the new
+    keys/values are first written to slots ``[write_index, write_index + q)`` and the ``k`` mask columns
+    index cache slots ``0..k-1``. It returns final-norm hidden states; ``logits`` maps them to the vocabulary.
+    Sliding-window layers further restrict the mask to keys whose position is within the window.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_style)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        for kind, spec in config.rope.items():
+            self.register_buffer(f"inv_freq_{kind}", inverse_frequencies(spec, config.head_dim), persistent=False)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings, times Gemma's sqrt(hidden) (rounded to the weight dtype, as transformers does)."""
+        scale = torch.tensor(self.config.embed_scale, dtype=self.embed_tokens.weight.dtype)
+        return self.embed_tokens(input_ids) * scale
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(hidden)
+        cap = self.config.final_softcap
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        *,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        write_index: int = 0,
+    ) -> torch.Tensor:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        key_positions = position_ids
+        if cache is not None:
+            cache.positions[:, write_index : write_index + x.shape[1]] = position_ids
+            key_positions = cache.positions[:, : attention_mask.shape[-1]]
+        masks = self._masks_by_layer_type(attention_mask, position_ids, key_positions)
+        ropes = {kind: rope_tables(getattr(self, f"inv_freq_{kind}"), position_ids) for kind in self.config.rope}
+        for layer, kind in zip(self.layers, self.config.layer_types):
+            x = layer(x, ropes[kind], masks[kind], cache, write_index)
+        return self.norm(x)
+
+    def _masks_by_layer_type(self, mask, query_positions, key_positions) -> dict[str, torch.Tensor]:
+        """The caller's mask for full layers; for sliding layers also ``q_pos - k_pos < window``."""
+        masks = {kind: mask[:, None] for kind in set(self.config.layer_types)}
+        if SLIDING in masks:
+            distance = query_positions[:, :, None] - key_positions[:, None, :]
+            masks[SLIDING] = (mask & (distance < self.config.sliding_window))[:, None]
+        return masks
