@@ -119,6 +119,7 @@ class Attention(nn.Module):
         mask: torch.Tensor,
         cache: KVCache | None,
         write_index: int,
+        prefix: KVCache | None = None,
     ) -> torch.Tensor:
         cfg = self.config
         q = self._heads(self.q_proj(x), cfg.num_heads)
@@ -131,6 +132,10 @@ class Attention(nn.Module):
             cache.write(self.layer, write_index, k, v)
             span = mask.shape[-1]
             k, v = cache.keys[self.layer][:, :, :span], cache.values[self.layer][:, :, :span]
+        elif prefix is not None:
+            span = mask.shape[-1] - k.shape[2]
+            k = torch.cat((prefix.keys[self.layer][:, :, :span], k), dim=2)
+            v = torch.cat((prefix.values[self.layer][:, :, :span], v), dim=2)
         out = attend(q, k, v, mask, cfg.attn_scale, cfg.attn_softcap)
         batch, _, seq, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
@@ -162,8 +167,8 @@ class DecoderLayer(nn.Module):
             self.pre_feedforward_layernorm = RMSNorm(config.hidden_size, eps, style)
             self.post_feedforward_layernorm = RMSNorm(config.hidden_size, eps, style)
 
-    def forward(self, x, rope, mask, cache, write_index) -> torch.Tensor:
-        attn = self.self_attn(self.input_layernorm(x), rope, mask, cache, write_index)
+    def forward(self, x, rope, mask, cache, write_index, prefix=None) -> torch.Tensor:
+        attn = self.self_attn(self.input_layernorm(x), rope, mask, cache, write_index, prefix)
         if not self.sandwich:
             x = x + attn
             return x + self.mlp(self.post_attention_layernorm(x))
@@ -178,7 +183,10 @@ class Decoder(nn.Module):
     [batch, q]`` and an explicit boolean ``attention_mask [batch, q, k]`` (True = may attend; any block
     structure). Without a cache, the ``k`` keys are the ``q`` inputs themselves. With a ``KVCache``, the new
     keys/values are first written to slots ``[write_index, write_index + q)`` and the ``k`` mask columns
-    index cache slots ``0..k-1``. It returns final-norm hidden states; ``logits`` maps them to the vocabulary.
+    index cache slots ``0..k-1``. With a read-only ``prefix`` cache instead (the coprocessor reading the base's
+    cache, or block-masked training), the keys are the prefix's first ``k - q`` slots followed by the ``q``
+    inputs, concatenated without touching the prefix. It returns final-norm hidden states; ``logits`` maps
+    them to the vocabulary.
     Sliding-window layers further restrict the mask to keys whose position is within the window.
     """
 
@@ -213,18 +221,24 @@ class Decoder(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         cache: KVCache | None = None,
         write_index: int = 0,
+        prefix: KVCache | None = None,
     ) -> torch.Tensor:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if cache is not None and prefix is not None:
+            raise ValueError("pass at most one of cache (written) and prefix (read-only)")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         key_positions = position_ids
+        if prefix is not None:
+            span = attention_mask.shape[-1] - x.shape[1]
+            key_positions = torch.cat((prefix.positions[:, :span], position_ids), dim=1)
         if cache is not None:
             cache.positions[:, write_index : write_index + x.shape[1]] = position_ids
             key_positions = cache.positions[:, : attention_mask.shape[-1]]
         masks = self._masks_by_layer_type(attention_mask, position_ids, key_positions)
         ropes = {kind: rope_tables(getattr(self, f"inv_freq_{kind}"), position_ids) for kind in self.config.rope}
         for layer, kind in zip(self.layers, self.config.layer_types):
-            x = layer(x, ropes[kind], masks[kind], cache, write_index)
+            x = layer(x, ropes[kind], masks[kind], cache, write_index, prefix)
         return self.norm(x)
 
     def _masks_by_layer_type(self, mask, query_positions, key_positions) -> dict[str, torch.Tensor]:
