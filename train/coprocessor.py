@@ -1,0 +1,157 @@
+"""The coprocessor: base kv-cache + N_L soft tokens -> N_L latent embeddings, in one forward pass.
+
+Decisions the paper leaves open (fixed here and shared by training, export and the reference runtime):
+
+- The network is a copy of the base ``Decoder`` (``init="base"``: its weights; ``"random"``: fresh init),
+  trained in full or through LoRA adapters that merge back into plain weights for export.
+- Layer ``l`` attends to base layer ``l``'s keys/values of the context (a read-only prefix) plus its own
+  keys/values of the soft tokens; soft tokens are causal among themselves, positions ``p + 1 .. p + N_L``
+  (see ``train.layout``).
+- The latent is the final hidden state *after* the final norm, times one learned scalar initialised so the
+  latents' RMS equals the base's mean token-embedding RMS: latents then enter the frozen base at the scale of
+  ordinary input embeddings (latent norms far from embedding norms hurt; paper notes, pitfall 9).
+- Soft tokens start as the embeddings of N_L distinct random vocabulary tokens (in-distribution inputs).
+- ``pause=True`` is the paper's Pause-token control: no network, the latents *are* the N_L trainable
+  embeddings, independent of the input.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from latentcache.model import Decoder, KVCache
+from latentcache.train.layout import group_mask, group_positions
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class CoprocessorConfig:
+    num_latents: int
+    init: str = "base"  # "base" | "random"
+    lora_rank: int = 0  # 0: full fine-tuning
+    lora_alpha: float = 0.0  # 0 means 2 * rank
+    pause: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_latents < 1:
+            raise ValueError(f"num_latents must be >= 1, got {self.num_latents}")
+        if self.init not in ("base", "random"):
+            raise ValueError(f"init must be 'base' or 'random', got '{self.init}'")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
+        if self.pause and (self.lora_rank or self.init != "base"):
+            raise ValueError("the pause-token control has no network: drop --lora-rank/--init")
+
+
+class LoRALinear(nn.Module):
+    """``y = W x + (alpha / r) * B A x`` with ``W`` frozen; ``B`` starts at zero so training starts at ``W``."""
+
+    def __init__(self, linear: nn.Linear, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.base = linear.requires_grad_(False)
+        self.lora_a = nn.Parameter(torch.empty(rank, linear.in_features, dtype=linear.weight.dtype))
+        self.lora_b = nn.Parameter(torch.zeros(linear.out_features, rank, dtype=linear.weight.dtype))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scale
+
+    def merged(self) -> nn.Linear:
+        merged = copy.deepcopy(self.base)
+        merged.weight.data += (self.lora_b @ self.lora_a).to(merged.weight.dtype) * self.scale
+        return merged
+
+
+def add_lora(network: nn.Module, rank: int, alpha: float) -> None:
+    """Freeze ``network`` and wrap every projection in a trainable ``LoRALinear``."""
+    network.requires_grad_(False)
+    for module in list(network.modules()):
+        for name in LORA_TARGETS:
+            child = getattr(module, name, None)
+            if isinstance(child, nn.Linear):
+                setattr(module, name, LoRALinear(child, rank, alpha))
+
+
+def merge_lora(network: nn.Module) -> None:
+    """Fold every adapter into its linear layer (for export: plain weights, no adapter ops)."""
+    for module in list(network.modules()):
+        for name in LORA_TARGETS:
+            child = getattr(module, name, None)
+            if isinstance(child, LoRALinear):
+                setattr(module, name, child.merged())
+
+
+def embedding_rms(base: Decoder) -> float:
+    """Mean RMS of the base's input token embeddings (with Gemma's scale): the latents' target scale."""
+    weight = base.embed_tokens.weight.float() * base.config.embed_scale
+    return weight.pow(2).mean(-1).sqrt().mean().item()
+
+
+class Coprocessor(nn.Module):
+    def __init__(self, base: Decoder, config: CoprocessorConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        generator = torch.Generator().manual_seed(seed)
+        hidden = base.config.hidden_size
+        token_ids = torch.randperm(base.config.vocab_size, generator=generator)[: config.num_latents]
+        self.soft_tokens = nn.Parameter(base.embed(token_ids).detach().clone().float())
+        self.network: Decoder | None = None
+        if not config.pause:
+            self.network = self._make_network(base, config, seed)
+            target = embedding_rms(base)
+            norm_rms = self.network.norm.weight.float().pow(2).mean().sqrt().item()
+            if base.config.norm_style == "gemma":
+                norm_rms = (1 + self.network.norm.weight.float()).pow(2).mean().sqrt().item()
+            self.latent_scale = nn.Parameter(torch.tensor(target / max(norm_rms, 1e-6)))
+        assert self.soft_tokens.shape == (config.num_latents, hidden)
+
+    @staticmethod
+    def _make_network(base: Decoder, config: CoprocessorConfig, seed: int) -> Decoder:
+        if config.init == "base":
+            network = copy.deepcopy(base)  # a deep copy: no module is shared with the frozen base
+        else:
+            torch.manual_seed(seed)
+            network = Decoder(base.config).to(base.embed_tokens.weight.dtype)
+            for module in network.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    nn.init.normal_(module.weight, std=0.02)
+                    if getattr(module, "bias", None) is not None:
+                        nn.init.zeros_(module.bias)
+        network.requires_grad_(True).train()
+        # Inputs are soft tokens and the output is a hidden state: token embeddings and the LM head are unused.
+        network.embed_tokens.requires_grad_(False)
+        network.lm_head.requires_grad_(False)
+        if config.lora_rank:
+            add_lora(network, config.lora_rank, config.lora_alpha or 2.0 * config.lora_rank)
+        return network
+
+    def forward(self, base_cache: KVCache, points: torch.Tensor, document_ids: torch.Tensor | None = None,
+                context_len: int | None = None) -> torch.Tensor:
+        """Latents ``[batch, n_points * N_L, hidden]`` for groups at ``points [batch, n_points]``.
+
+        ``base_cache`` holds the frozen base's keys/values of the context in slots ``0..context_len-1``.
+        """
+        batch, n_points = points.shape
+        n_latents = self.config.num_latents
+        soft = self.soft_tokens.to(self._dtype())[None, None].expand(batch, n_points, -1, -1).flatten(1, 2)
+        if self.network is None:
+            return soft
+        context_len = base_cache.max_seq if context_len is None else context_len
+        mask = group_mask(points, context_len, n_latents, document_ids)
+        positions = group_positions(points, n_latents)
+        hidden = self.network(inputs_embeds=soft, position_ids=positions, attention_mask=mask, prefix=base_cache)
+        return hidden * self.latent_scale.to(hidden.dtype)
+
+    def _dtype(self) -> torch.dtype:
+        return self.network.embed_tokens.weight.dtype if self.network is not None else self.soft_tokens.dtype
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Exactly what the optimizer and the checkpoint see."""
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}

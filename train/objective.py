@@ -1,0 +1,111 @@
+"""The training objective in one pass: many augmentation points per sequence, block-masked.
+
+1. The frozen base runs once over the sequence (no autograd) and keeps its per-layer keys/values.
+2. The coprocessor runs once over all N_P groups of N_L soft tokens, reading that cache as a prefix.
+3. The frozen base runs once over all N_P groups of [N_L latents, N_A - 1 ahead tokens], again reading its
+   own cache as a prefix, *with* autograd so gradients reach the latents.
+Original tokens never see latents, so splitting the paper's single extended-sequence pass into (1) and (3)
+changes nothing but saves recomputing the originals. The loss is the mean cross-entropy of the N_A
+predictions per group: the last latent predicts ``x[p+1]``, ahead input ``x[p+k]`` predicts ``x[p+k+1]``
+(the N_A-th ahead token is never an input: its prediction would not be a target).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from latentcache.model import Decoder, KVCache
+from latentcache.model.masks import causal_mask
+from latentcache.train.coprocessor import Coprocessor
+from latentcache.train.layout import group_mask, group_positions
+
+
+@dataclass
+class GroupPredictions:
+    """Log-probabilities of the targets, ``[batch, n_points, ahead]`` (offset k-1 = k-th token after ``p``)."""
+
+    target_logprobs: torch.Tensor
+    points: torch.Tensor
+
+    def loss(self) -> torch.Tensor:
+        return -self.target_logprobs.mean()
+
+
+def base_cache_for(base: Decoder, tokens: torch.Tensor, document_ids: torch.Tensor | None = None) -> KVCache:
+    """Run the frozen base over ``tokens [batch, L]`` and return its filled cache (no autograd)."""
+    batch, length = tokens.shape
+    cache = KVCache(base.config, batch, length, base.embed_tokens.weight.dtype, tokens.device)
+    mask = causal_mask(torch.ones_like(tokens, dtype=torch.bool), torch.arange(length, device=tokens.device))
+    if document_ids is not None:
+        mask &= document_ids[:, :, None] == document_ids[:, None, :]
+    positions = torch.arange(length, device=tokens.device).expand(batch, -1)
+    with torch.no_grad():
+        base(tokens, position_ids=positions, attention_mask=mask, cache=cache, write_index=0)
+    return cache
+
+
+def ahead_inputs(tokens: torch.Tensor, points: torch.Tensor, ahead: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ahead-token inputs ``x[p+1 .. p+ahead-1]`` and targets ``x[p+1 .. p+ahead]``, each ``[B, P, n]``."""
+    offsets = torch.arange(1, ahead + 1, device=tokens.device)
+    index = points[:, :, None] + offsets  # [B, P, ahead]
+    targets = tokens.gather(1, index.flatten(1)).view_as(index)
+    return targets[:, :, :-1], targets
+
+
+def predict_groups(
+    base: Decoder,
+    latents: torch.Tensor,
+    cache: KVCache,
+    tokens: torch.Tensor,
+    points: torch.Tensor,
+    ahead: int,
+    document_ids: torch.Tensor | None = None,
+) -> GroupPredictions:
+    """Frozen-base pass over every group [latents, ahead inputs]; log-probs of the ``ahead`` targets."""
+    batch, n_points = points.shape
+    n_latents = latents.shape[1] // n_points
+    group_len = n_latents + ahead - 1
+    inputs, targets = ahead_inputs(tokens, points, ahead)
+    embeds = torch.cat((latents.view(batch, n_points, n_latents, -1), base.embed(inputs)), dim=2).flatten(1, 2)
+    mask = group_mask(points, tokens.shape[1], group_len, document_ids)
+    hidden = base(inputs_embeds=embeds, position_ids=group_positions(points, group_len), attention_mask=mask,
+                  prefix=cache)
+    predicting = hidden.view(batch, n_points, group_len, -1)[:, :, n_latents - 1 :]  # [B, P, ahead, H]
+    logprobs = F.log_softmax(base.logits(predicting).float(), dim=-1)
+    return GroupPredictions(logprobs.gather(-1, targets[..., None]).squeeze(-1), points)
+
+
+def augmented_predictions(
+    base: Decoder,
+    coprocessor: Coprocessor,
+    tokens: torch.Tensor,
+    points: torch.Tensor,
+    ahead: int,
+    document_ids: torch.Tensor | None = None,
+    latents_transform=None,
+) -> GroupPredictions:
+    """The whole one-pass computation for ``tokens [B, L]`` and augmentation ``points [B, N_P]``.
+
+    ``latents_transform`` (e.g. a batch roll for the shuffled-latents control) edits latents before use.
+    """
+    cache = base_cache_for(base, tokens, document_ids)
+    latents = coprocessor(cache, points, document_ids, context_len=tokens.shape[1])
+    if latents_transform is not None:
+        latents = latents_transform(latents)
+    return predict_groups(base, latents, cache, tokens, points, ahead, document_ids)
+
+
+def baseline_logprobs(base: Decoder, tokens: torch.Tensor, points: torch.Tensor, ahead: int) -> torch.Tensor:
+    """The frozen base's log-probs of the same targets without augmentation, ``[B, P, ahead]``."""
+    batch, length = tokens.shape
+    positions = torch.arange(length, device=tokens.device).expand(batch, -1)
+    mask = causal_mask(torch.ones_like(tokens, dtype=torch.bool), torch.arange(length, device=tokens.device))
+    with torch.no_grad():
+        logprobs = F.log_softmax(base.logits(base(tokens, position_ids=positions, attention_mask=mask)).float(), -1)
+    _, targets = ahead_inputs(tokens, points, ahead)
+    predictor = points[:, :, None] + torch.arange(ahead, device=tokens.device)  # slot predicting x[p+k+1]
+    rows = logprobs.gather(1, predictor.flatten(1)[..., None].expand(-1, -1, logprobs.shape[-1]))
+    return rows.gather(-1, targets.flatten(1)[..., None]).view_as(targets)
