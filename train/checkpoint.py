@@ -1,0 +1,156 @@
+"""Coprocessor checkpoints: safetensors only, written atomically, tied to the base they were trained on.
+
+A checkpoint directory holds
+  - ``coprocessor.safetensors``: the trainable tensors only (full network, or LoRA adapters), soft tokens
+    and the latent scale;
+  - ``optimizer.safetensors``: AdamW moments per trainable tensor (no pickle anywhere);
+  - ``state.json``: step, training and coprocessor configs, fingerprints of the base weights, tokenizer
+    and data, and the last metrics.
+It is assembled in a temporary sibling and swapped in with renames, so an interruption leaves either the
+previous checkpoint or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latentcache.errors import CheckpointError
+from latentcache.model.loading import weight_files
+
+WEIGHTS, OPTIMIZER, STATE = "coprocessor.safetensors", "optimizer.safetensors", "state.json"
+
+
+@lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    stat = path.stat()
+    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def base_fingerprint(base_dir: Path) -> str:
+    """sha256 over the base's safetensors contents (not its path: a moved copy still matches)."""
+    digest = hashlib.sha256()
+    for file in weight_files(Path(base_dir)):
+        digest.update(file_sha256(file).encode())
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(base_dir: Path) -> str | None:
+    tokenizer = Path(base_dir) / "tokenizer.json"
+    return file_sha256(tokenizer) if tokenizer.is_file() else None
+
+
+def save_checkpoint(
+    directory: Path,
+    trainable: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any],
+) -> None:
+    """Write a checkpoint to ``directory`` atomically (replacing any previous one)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-"))
+    try:
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in trainable.items()}, scratch / WEIGHTS)
+        if optimizer is not None:
+            save_file(_optimizer_tensors(trainable, optimizer), scratch / OPTIMIZER)
+        (scratch / STATE).write_text(json.dumps(state, indent=2, sort_keys=True))
+        for file in scratch.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        _swap_in(scratch, directory)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
+def _swap_in(scratch: Path, directory: Path) -> None:
+    previous = directory.with_name(directory.name + ".previous")
+    if directory.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(directory, previous)
+    os.replace(scratch, directory)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def resolve_checkpoint(directory: Path) -> Path:
+    """The checkpoint to read: ``directory``, or its ``.previous`` if a swap was interrupted between renames."""
+    directory = Path(directory)
+    if (directory / STATE).is_file():
+        return directory
+    previous = directory.with_name(directory.name + ".previous")
+    if (previous / STATE).is_file():
+        return previous
+    raise CheckpointError(f"{directory}: no coprocessor checkpoint here ({STATE} missing)")
+
+
+def _optimizer_tensors(trainable: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> dict:
+    tensors = {}
+    for name, param in trainable.items():
+        for key, value in optimizer.state.get(param, {}).items():
+            if torch.is_tensor(value):
+                tensors[f"{name}::{key}"] = value.detach().float().contiguous().cpu().reshape(value.shape)
+    return tensors
+
+
+def load_state(directory: Path) -> dict[str, Any]:
+    path = resolve_checkpoint(directory) / STATE
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: corrupt checkpoint state ({exc})") from exc
+
+
+def load_tensors(directory: Path, name: str = WEIGHTS) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = resolve_checkpoint(directory) / name
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({exc}); the file is truncated or corrupt") from exc
+
+
+def restore_trainable(trainable: dict[str, torch.nn.Parameter], saved: dict[str, torch.Tensor], where: Path) -> None:
+    if set(saved) != set(trainable):
+        extra, missing = sorted(set(saved) - set(trainable)), sorted(set(trainable) - set(saved))
+        raise CheckpointError(
+            f"{where}: checkpoint tensors do not match this coprocessor (missing {missing[:2]}, extra {extra[:2]}); "
+            "was it trained with another --lora-rank/--latents/--pause?"
+        )
+    with torch.no_grad():
+        for name, param in trainable.items():
+            if saved[name].shape != param.shape:
+                raise CheckpointError(f"{where}: {name} has shape {tuple(saved[name].shape)}, expected "
+                                      f"{tuple(param.shape)}")
+            param.copy_(saved[name].to(param.dtype))
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, trainable: dict[str, torch.nn.Parameter],
+                      saved: dict[str, torch.Tensor], step: int) -> None:
+    """Rebuild AdamW state (moments from the file, the step count from state.json)."""
+    for name, param in trainable.items():
+        moments = {key.split("::", 1)[1]: t for key, t in saved.items() if key.startswith(f"{name}::")}
+        if moments:
+            state = {key: t.to(param.device, param.dtype) for key, t in moments.items() if key != "step"}
+            state["step"] = torch.tensor(float(step))  # AdamW keeps its step count as a CPU float tensor
+            optimizer.state[param] = state
