@@ -89,3 +89,20 @@ def test_fifty_cpu_steps_beat_the_frozen_baseline(tiny_model, tmp_path):
     final = trainer.train()
     assert final["val_loss"] < final["val_base_loss"] - 0.05, final  # measured: 4.52 vs 4.63
     assert final["val_loss"] < before["val_loss"]
+
+
+def test_checkpoint_reloads_the_same_coprocessor_and_refuses_another_base(tiny_model, tmp_path):
+    from latentcache.train.checkpoint import load_coprocessor
+    from latentcache.train.objective import base_cache_for
+
+    _, path = tiny_model("llama-gqa-tied")
+    _, other = tiny_model("qwen2-bias")
+    trainer, _ = run(tiny_config(path, tmp_path / "a", max_steps=3, lora_rank=2))
+    base, reloaded = load_coprocessor(tmp_path / "a/checkpoint", path)
+    tokens = torch.randint(0, 97, (1, 12))
+    cache = base_cache_for(base, tokens)
+    with torch.no_grad():
+        expected = trainer.coprocessor(cache, torch.tensor([[11]]), context_len=12)
+        assert torch.allclose(reloaded(cache, torch.tensor([[11]]), context_len=12), expected, atol=1e-6)
+    with pytest.raises(LatentcacheError, match="trained on another base"):
+        load_coprocessor(tmp_path / "a/checkpoint", other)

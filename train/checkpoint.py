@@ -154,3 +154,24 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, trainable: dict[str, tor
             state = {key: t.to(param.device, param.dtype) for key, t in moments.items() if key != "step"}
             state["step"] = torch.tensor(float(step))  # AdamW keeps its step count as a CPU float tensor
             optimizer.state[param] = state
+
+
+def load_coprocessor(directory: Path, base_dir: Path, base=None):
+    """The trained coprocessor of checkpoint ``directory`` on the base at ``base_dir`` (fingerprint-checked).
+
+    ``base`` may be the already loaded ``Decoder`` of ``base_dir``; returns ``(base, coprocessor)`` in eval mode.
+    """
+    from latentcache.model import load_decoder
+    from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig
+
+    directory = resolve_checkpoint(Path(directory))
+    state = load_state(directory)
+    if state["fingerprints"]["base"] != base_fingerprint(Path(base_dir)):
+        raise CheckpointError(
+            f"{directory}: trained on another base than {base_dir} (weights fingerprint mismatch); "
+            "pass the --base it was trained on"
+        )
+    base = base if base is not None else load_decoder(base_dir)
+    coprocessor = Coprocessor(base, CoprocessorConfig(**state["coprocessor_config"]), seed=state["train_config"]["seed"])
+    restore_trainable(coprocessor.trainable_parameters(), load_tensors(directory), directory)
+    return base, coprocessor.eval().requires_grad_(False)

@@ -70,7 +70,7 @@ def predict_groups(
     group_len = n_latents + ahead - 1
     inputs, targets = ahead_inputs(tokens, points, ahead)
     embeds = torch.cat((latents.view(batch, n_points, n_latents, -1), base.embed(inputs)), dim=2).flatten(1, 2)
-    mask = group_mask(points, tokens.shape[1], group_len, document_ids)
+    mask = group_mask(points, cache.max_seq, group_len, document_ids)  # the cache may be a cropped context
     hidden = base(inputs_embeds=embeds, position_ids=group_positions(points, group_len), attention_mask=mask,
                   prefix=cache)
     predicting = hidden.view(batch, n_points, group_len, -1)[:, :, n_latents - 1 :]  # [B, P, ahead, H]
