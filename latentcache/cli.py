@@ -81,5 +81,36 @@ def generate(prompt: str, base: Path, max_new_tokens: int, temperature: float, t
     click.echo()
 
 
+@main.command()
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML file of TrainConfig keys.")
+@click.option("--base", help="Frozen base: a Hugging Face checkpoint directory.")
+@click.option("--data", multiple=True, help="Text files, directories, tar archives or JSONL (default: Gutenberg).")
+@click.option("--latents", type=int, help="N_L latents per augmentation point.")
+@click.option("--out", help="Run directory (checkpoint, metrics.jsonl).")
+@click.option("--max-steps", type=int)
+@click.option("--ahead", type=int, help="N_A ahead tokens per point (default 16).")
+@click.option("--points", type=int, help="N_P points per sequence (default 128 per 2048 tokens).")
+@click.option("--seq-len", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--grad-accum", type=int)
+@click.option("--lr", type=float)
+@click.option("--warmup-steps", type=int)
+@click.option("--lora-rank", type=int, help="Train LoRA adapters of this rank instead of the full copy.")
+@click.option("--init", type=click.Choice(["base", "random"]))
+@click.option("--pause", is_flag=True, default=None, help="Train the pause-token control instead.")
+@click.option("--eval-every", type=int)
+@click.option("--save-every", type=int)
+@click.option("--seed", type=int)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]))
+@click.option("--resume", is_flag=True, help="Continue the checkpoint in --out exactly where it stopped.")
+def train(config_file: Path | None, resume: bool, **overrides) -> None:
+    """Train a coprocessor on a frozen base; prints the checkpoint directory."""
+    from latentcache.train.config import TrainConfig
+    from latentcache.train.run import run_training
+
+    config = TrainConfig.from_sources(config_file, overrides)
+    click.echo(str(run_training(config, resume)))
+
+
 if __name__ == "__main__":
     main()

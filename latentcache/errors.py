@@ -20,3 +20,7 @@ class UnsupportedModelError(LatentcacheError):
 
 class AssetError(LatentcacheError):
     """A downloadable asset could not be fetched or failed its integrity check."""
+
+
+class DataError(LatentcacheError):
+    """A training or evaluation corpus is missing, unreadable, malformed or too small for the requested packing."""

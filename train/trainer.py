@@ -98,6 +98,8 @@ class Trainer:
         self.model = self.coprocessor
         if self.dist.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(self.coprocessor)
+        if len(self.val_data) == 0:
+            self._log("warning: the validation split is empty; no validation metrics (raise val_fraction)")
         self.fingerprints = {"base": ckpt.base_fingerprint(Path(cfg.base)),
                              "tokenizer": ckpt.tokenizer_fingerprint(Path(cfg.base)), "data": self.data_fingerprint}
         if resume:
@@ -207,7 +209,7 @@ class Trainer:
                 metrics["tokens_per_s"] = tokens_per_step * steps_timed / (time.perf_counter() - started)
                 if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
                     metrics.update(self.validate())
-                if self.step % cfg.log_every == 0 or "val_loss" in metrics:
+                if self.step % cfg.log_every == 0 or "val_loss" in metrics or self.step == cfg.max_steps:
                     self._write_metrics(metrics)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
                 bar.update(1)
