@@ -112,5 +112,29 @@ def train(config_file: Path | None, resume: bool, **overrides) -> None:
     click.echo(str(run_training(config, resume)))
 
 
+@main.command("eval")
+@click.option("--base", required=True, type=click.Path(path_type=Path), help="The frozen base checkpoint.")
+@click.option("--coprocessor", "coprocessors", multiple=True, type=click.Path(path_type=Path),
+              help="Checkpoint directory of a trained coprocessor (repeat to compare runs).")
+@click.option("--data", multiple=True, help="Validation text (default: held-out Gutenberg books + WikiText-2 test).")
+@click.option("--json", "json_out", required=True, type=click.Path(path_type=Path))
+@click.option("--seq-len", default=1024, show_default=True, type=click.IntRange(40))
+@click.option("--sequences", default=32, show_default=True, type=click.IntRange(1), help="Sequences per set.")
+@click.option("--batch-size", default=2, show_default=True, type=click.IntRange(2))
+@click.option("--points", default=16, show_default=True, type=click.IntRange(1), help="Augmentation points per sequence.")
+@click.option("--shuffled/--no-shuffled", default=True, show_default=True, help="Also run the shuffled-latents control.")
+@click.option("--tasks", multiple=True, type=click.Choice(["arc-easy", "arc-challenge", "mmlu", "gsm8k"]),
+              help="Benchmarks with the coprocessor called once at the end of the prompt.")
+@click.option("--limit", type=click.IntRange(1), help="Items per benchmark task.")
+def evaluate(base: Path, coprocessors, data, json_out: Path, seq_len: int, sequences: int, batch_size: int,
+             points: int, shuffled: bool, tasks, limit) -> None:
+    """Relative perplexity change by position (the paper's Table 1) and benchmarks, against the frozen base."""
+    from latentcache.train.run import run_evaluation
+
+    run_evaluation(base, tuple(coprocessors), tuple(data), json_out, seq_len, sequences, batch_size, points,
+                   shuffled, tuple(tasks), limit)
+    click.echo(json_out.with_suffix(".md").read_text())
+
+
 if __name__ == "__main__":
     main()

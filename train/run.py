@@ -33,3 +33,74 @@ def run_training(config: TrainConfig, resume: bool) -> Path:
     trainer.setup(resume)
     trainer.train()
     return Path(config.out) / CHECKPOINT_DIR
+
+
+def _batches(dataset, count: int, batch_size: int):
+    import numpy as np
+    import torch
+
+    count = min(count, len(dataset))
+    for start in range(0, count, batch_size):
+        rows = [np.asarray(dataset[i], dtype=np.int64) for i in range(start, min(count, start + batch_size))]
+        yield torch.from_numpy(np.stack(rows))
+
+
+def _validation_sets(base: Path, data: tuple[str, ...], seq_len: int) -> dict:
+    """Named validation sets: the given files, or held-out Gutenberg books plus WikiText-2 test."""
+    from latentcache.train import data as corpora
+
+    if data:
+        return {Path(p).name: corpora.load_eval_text(p, base, seq_len) for p in data}
+    gutenberg = corpora.prepare_corpus(tokenizer_path=base, seq_len=seq_len,
+                                       **corpora.default_gutenberg_sources().as_kwargs())
+    return {"gutenberg-heldout": gutenberg["validation"],
+            "wikitext2-test": corpora.load_eval_text(corpora.wikitext_test_path(), base, seq_len)}
+
+
+def run_evaluation(base: Path, coprocessors: tuple[Path, ...], data: tuple[str, ...], json_out: Path,
+                   seq_len: int, sequences: int, batch_size: int, points: int, shuffled: bool,
+                   tasks: tuple[str, ...], limit: int | None) -> dict:
+    """Table-1 perplexity (and benchmarks when ``tasks``) for each coprocessor against the frozen base.
+
+    Writes ``json_out``, a markdown table and a PNG plot beside it; returns the JSON document.
+    """
+    import json
+
+    from latentcache.model import load_decoder
+    from latentcache.train.checkpoint import load_coprocessor
+    from latentcache.train.evaluate import PerplexityConfig, evaluate_perplexity, markdown_table, \
+        plot_relative_change
+
+    decoder = load_decoder(base)
+    runs = {"no-augmentation": None}
+    for directory in coprocessors:
+        runs[Path(directory).parent.name or str(directory)] = load_coprocessor(directory, base, decoder)[1]
+    report: dict = {"perplexity": {}, "benchmarks": {}}
+    markdown = []
+    for set_name, dataset in _validation_sets(Path(base), data, seq_len).items():
+        results = {}
+        for name, coprocessor in runs.items():
+            variants = [(name, False)] + ([(f"{name} (shuffled latents)", True)] if shuffled and coprocessor else [])
+            for label, shuffle in variants:
+                config = PerplexityConfig(points=points, shuffle_latents=shuffle)
+                results[label] = evaluate_perplexity(decoder, coprocessor, _batches(dataset, sequences, batch_size),
+                                                     config)
+        report["perplexity"][set_name] = {label: r.to_dict() for label, r in results.items()}
+        markdown.append(f"### {set_name}\n\n{markdown_table(results)}")
+        plot_relative_change(results, json_out.with_name(f"{json_out.stem}-{set_name}.png"))
+    if tasks:
+        from latentcache.reference import load_tokenizer
+        from latentcache.train.benchmarks import BenchmarkConfig, benchmark_markdown, run_benchmarks, \
+            tokenizer_functions
+
+        encode, decode = tokenizer_functions(load_tokenizer(Path(base)))
+        for name, coprocessor in runs.items():
+            if coprocessor is None:
+                continue
+            results = run_benchmarks(decoder, coprocessor, encode, decode, BenchmarkConfig(tuple(tasks), limit))
+            report["benchmarks"][name] = {task: r.to_dict() for task, r in results.items()}
+            markdown.append(f"### benchmarks: {name}\n\n{benchmark_markdown(results)}")
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(report, indent=2))
+    json_out.with_suffix(".md").write_text("\n\n".join(markdown) + "\n")
+    return report
