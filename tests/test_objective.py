@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentcache.model import KVCache, load_decoder
+from latentcache.model import load_decoder
 from latentcache.model.masks import causal_mask
 from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig, merge_lora
 from latentcache.train.layout import group_mask, group_positions, sample_points

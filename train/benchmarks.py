@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from latentcache.errors import LatentcacheError
+from latentcache.train.data import shared_dir
 from latentcache.model import Decoder, KVCache
 from latentcache.model.masks import causal_mask
 from latentcache.train.coprocessor import Coprocessor
@@ -49,12 +49,6 @@ NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 # ---- where the data lives ---------------------------------------------------------------------------------
-def shared_dir() -> Path:
-    """``$LATENTCACHE_SHARED``, else the ``shared/`` folder next to the repository."""
-    env = os.environ.get("LATENTCACHE_SHARED")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
-
-
 def data_root(root: str | Path | None = None) -> Path:
     """The folder holding ``arc/``, ``mmlu/`` and ``gsm8k/``: ``root`` if given, else ``shared_dir()/data``."""
     return Path(root) if root is not None else shared_dir() / "data"

@@ -25,17 +25,14 @@ import torch
 
 from latentcache.errors import CheckpointError
 from latentcache.model.loading import weight_files
+from latentcache.registry import sha256_of
 
 WEIGHTS, OPTIMIZER, STATE = "coprocessor.safetensors", "optimizer.safetensors", "state.json"
 
 
 @lru_cache(maxsize=8)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of(Path(path))  # size and mtime only key the cache: a changed file is hashed again
 
 
 def file_sha256(path: Path) -> str:

@@ -99,18 +99,15 @@ class Coprocessor(nn.Module):
         super().__init__()
         self.config = config
         generator = torch.Generator().manual_seed(seed)
-        hidden = base.config.hidden_size
         token_ids = torch.randperm(base.config.vocab_size, generator=generator)[: config.num_latents]
         self.soft_tokens = nn.Parameter(base.embed(token_ids).detach().clone().float())
         self.network: Decoder | None = None
         if not config.pause:
             self.network = self._make_network(base, config, seed)
-            target = embedding_rms(base)
-            norm_rms = self.network.norm.weight.float().pow(2).mean().sqrt().item()
-            if base.config.norm_style == "gemma":
-                norm_rms = (1 + self.network.norm.weight.float()).pow(2).mean().sqrt().item()
-            self.latent_scale = nn.Parameter(torch.tensor(target / max(norm_rms, 1e-6)))
-        assert self.soft_tokens.shape == (config.num_latents, hidden)
+            # The final norm outputs unit-RMS activations times its gain (w, or 1 + w in Gemma style).
+            gain = self.network.norm.weight.float() + (1.0 if base.config.norm_style == "gemma" else 0.0)
+            gain_rms = gain.pow(2).mean().sqrt().item()
+            self.latent_scale = nn.Parameter(torch.tensor(embedding_rms(base) / max(gain_rms, 1e-6)))
 
     @staticmethod
     def _make_network(base: Decoder, config: CoprocessorConfig, seed: int) -> Decoder:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, NamedTuple, Union
 import numpy as np
 
 from latentcache.errors import DataError
+from latentcache.registry import sha256_of
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -377,9 +378,9 @@ def corpus_fingerprint(config: CorpusConfig) -> str:
     config_file = config.tokenizer_path.with_name("tokenizer_config.json")
     key = {
         "version": DATA_FORMAT_VERSION,
-        "tokenizer": _sha256_file(config.tokenizer_path),
+        "tokenizer": sha256_of(config.tokenizer_path),
         # eos_id=None is resolved from here, so its contents count too.
-        "tokenizer_config": _sha256_file(config_file) if config.eos_id is None and config_file.is_file() else None,
+        "tokenizer_config": sha256_of(config_file) if config.eos_id is None and config_file.is_file() else None,
         "sources": [_source_stats(path) for path in config.sources],
         "seq_len": config.seq_len,
         "val_fraction": config.val_fraction,
@@ -390,14 +391,6 @@ def corpus_fingerprint(config: CorpusConfig) -> str:
         "eval_only": config.eval_only,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _source_stats(path: Path) -> list[list]:
@@ -596,6 +589,38 @@ def open_cache(directory: PathLike, fingerprint: str | None = None) -> dict[str,
 # The dataset
 
 
+def sequence_order(length: int, seed: int | None = None, epoch: int = 0) -> np.ndarray:
+    """Indices ``0..length-1``: in order without a seed, else a permutation fixed by ``(seed, epoch)``."""
+    if seed is None:
+        return np.arange(length)
+    return np.random.default_rng((seed, epoch)).permutation(length)
+
+
+def shard_indices(length: int, rank: int, world_size: int, seed: int | None = None, epoch: int = 0) -> np.ndarray:
+    """This rank's indices: every ``world_size``-th entry of ``sequence_order(length, seed, epoch)`` from ``rank``.
+
+    Ranks are disjoint and equally long (the last ``length % world_size`` entries of the order are dropped so
+    every DDP rank runs the same number of steps); when ``world_size`` divides ``length`` they cover every index.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    order = sequence_order(length, seed, epoch)
+    usable = len(order) - len(order) % world_size
+    return order[rank:usable:world_size]
+
+
+def stack_rows(dataset: Sequence, indices: Iterable[int]) -> np.ndarray:
+    """int64 ``[len(indices), seq_len]`` from any sequence of token rows (a ``PackedDataset`` or a list)."""
+    return np.stack([np.asarray(dataset[int(i)], dtype=np.int64) for i in indices])
+
+
+def leading_batches(dataset: Sequence, count: int, batch_size: int) -> Iterator[np.ndarray]:
+    """The first ``count`` rows (at most all of them), in order, as batches: fixed evaluation sets."""
+    count = min(count, len(dataset))
+    for start in range(0, count, batch_size):
+        yield stack_rows(dataset, range(start, min(count, start + batch_size)))
+
+
 class PackedDataset:
     """``num_sequences`` rows of ``seq_len`` tokens from one split's flat file, read through a memmap.
 
@@ -644,21 +669,11 @@ class PackedDataset:
 
     def order(self, seed: int | None = None, epoch: int = 0) -> np.ndarray:
         """All indices: in order without a seed, else a permutation fixed by ``(seed, epoch)``."""
-        if seed is None:
-            return np.arange(self.num_sequences)
-        return np.random.default_rng((seed, epoch)).permutation(self.num_sequences)
+        return sequence_order(self.num_sequences, seed, epoch)
 
     def shard_indices(self, rank: int, world_size: int, seed: int | None = None, epoch: int = 0) -> np.ndarray:
-        """This rank's indices: every ``world_size``-th entry of ``order(seed, epoch)`` from ``rank`` on.
-
-        Ranks are disjoint and equally long (the last ``len % world_size`` entries of the order are dropped so
-        every DDP rank runs the same number of steps); when ``world_size`` divides ``len`` they cover every index.
-        """
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        order = self.order(seed, epoch)
-        usable = len(order) - len(order) % world_size
-        return order[rank:usable:world_size]
+        """This rank's indices (see ``shard_indices``)."""
+        return shard_indices(self.num_sequences, rank, world_size, seed, epoch)
 
     def batches(
         self, batch_size: int, seed: int, epoch: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = True

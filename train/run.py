@@ -35,16 +35,6 @@ def run_training(config: TrainConfig, resume: bool) -> Path:
     return Path(config.out) / CHECKPOINT_DIR
 
 
-def _batches(dataset, count: int, batch_size: int):
-    import numpy as np
-    import torch
-
-    count = min(count, len(dataset))
-    for start in range(0, count, batch_size):
-        rows = [np.asarray(dataset[i], dtype=np.int64) for i in range(start, min(count, start + batch_size))]
-        yield torch.from_numpy(np.stack(rows))
-
-
 def _validation_sets(base: Path, data: tuple[str, ...], seq_len: int) -> dict:
     """Named validation sets: the given files, or held-out Gutenberg books plus WikiText-2 test."""
     from latentcache.train import data as corpora
@@ -66,8 +56,11 @@ def run_evaluation(base: Path, coprocessors: tuple[Path, ...], data: tuple[str, 
     """
     import json
 
+    import torch
+
     from latentcache.model import load_decoder
     from latentcache.train.checkpoint import load_coprocessor
+    from latentcache.train.data import leading_batches
     from latentcache.train.evaluate import PerplexityConfig, evaluate_perplexity, markdown_table, \
         plot_relative_change
 
@@ -83,8 +76,8 @@ def run_evaluation(base: Path, coprocessors: tuple[Path, ...], data: tuple[str, 
             variants = [(name, False)] + ([(f"{name} (shuffled latents)", True)] if shuffled and coprocessor else [])
             for label, shuffle in variants:
                 config = PerplexityConfig(points=points, shuffle_latents=shuffle)
-                results[label] = evaluate_perplexity(decoder, coprocessor, _batches(dataset, sequences, batch_size),
-                                                     config)
+                batches = (torch.from_numpy(rows) for rows in leading_batches(dataset, sequences, batch_size))
+                results[label] = evaluate_perplexity(decoder, coprocessor, batches, config)
         report["perplexity"][set_name] = {label: r.to_dict() for label, r in results.items()}
         markdown.append(f"### {set_name}\n\n{markdown_table(results)}")
         plot_relative_change(results, json_out.with_name(f"{json_out.stem}-{set_name}.png"))

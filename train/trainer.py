@@ -25,6 +25,7 @@ from latentcache.model import load_decoder
 from latentcache.train import checkpoint as ckpt
 from latentcache.train.config import TrainConfig
 from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig
+from latentcache.train.data import leading_batches, shard_indices, stack_rows
 from latentcache.train.layout import sample_points
 from latentcache.train.objective import augmented_predictions, baseline_logprobs
 
@@ -131,15 +132,13 @@ class Trainer:
     def _micro_batch(self, counter: int) -> torch.Tensor:
         """Sequences of micro-batch ``counter`` for this rank (a fixed function of the counter)."""
         cfg, dist = self.config, self.dist
-        shard = np.arange(dist.rank, len(self.train_data), dist.world)
-        per_epoch = len(shard) // cfg.batch_size
+        per_epoch = (len(self.train_data) // dist.world) // cfg.batch_size
         if per_epoch == 0:
             raise LatentcacheError(f"the training split has {len(self.train_data)} sequences, fewer than one batch "
                                    f"of {cfg.batch_size} per rank; lower --batch-size or add text")
         epoch, index = divmod(counter, per_epoch)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(shard)
-        rows = order[index * cfg.batch_size : (index + 1) * cfg.batch_size]
-        return torch.from_numpy(np.stack([np.asarray(self.train_data[int(i)], dtype=np.int64) for i in rows]))
+        shard = shard_indices(len(self.train_data), dist.rank, dist.world, cfg.seed, epoch)
+        return torch.from_numpy(stack_rows(self.train_data, shard[index * cfg.batch_size : (index + 1) * cfg.batch_size]))
 
     def _points(self, tokens: torch.Tensor, seed_parts: list[int]) -> torch.Tensor:
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seed_parts).generate_state(1)[0]))
@@ -179,14 +178,13 @@ class Trainer:
     def validate(self) -> dict:
         """Augmented vs frozen-base loss on the same ahead targets of fixed validation sequences and points."""
         cfg = self.config
-        count = min(len(self.val_data), cfg.eval_batches * cfg.batch_size)
-        if count == 0:
+        if len(self.val_data) == 0:
             return {}
         augmented, baseline = [], []
-        for start in range(0, count, cfg.batch_size):
-            rows = [np.asarray(self.val_data[i], dtype=np.int64) for i in range(start, min(count, start + cfg.batch_size))]
-            tokens = torch.from_numpy(np.stack(rows)).to(self.device)
-            points = self._points(tokens, [cfg.seed, 10**9 + start]).to(self.device)
+        batches = leading_batches(self.val_data, cfg.eval_batches * cfg.batch_size, cfg.batch_size)
+        for number, rows in enumerate(batches):
+            tokens = torch.from_numpy(rows).to(self.device)
+            points = self._points(tokens, [cfg.seed, 10**9 + number * cfg.batch_size]).to(self.device)
             augmented.append(self._loss(tokens, points).item())
             with self._autocast():
                 baseline.append(-baseline_logprobs(self.base, tokens, points, cfg.ahead).mean().item())
