@@ -72,7 +72,7 @@ def models_fetch(name: str, directory: Path | None, gguf: Path | None) -> None:
 def generate(prompt: str, base: Path, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
              seed: int, chat: bool) -> None:
     """Run the PyTorch reference on PROMPT; only the generated text goes to stdout."""
-    from latentcache.model.generate import Sampling
+    from latentcache.sampling import Sampling
     from latentcache.reference import generate_text
 
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -134,6 +134,119 @@ def evaluate(base: Path, coprocessors, data, json_out: Path, seq_len: int, seque
     run_evaluation(base, tuple(coprocessors), tuple(data), json_out, seq_len, sequences, batch_size, points,
                    shuffled, tuple(tasks), limit)
     click.echo(json_out.with_suffix(".md").read_text())
+
+
+@main.command("export")
+@click.option("--base", required=True, type=click.Path(path_type=Path), help="The frozen base checkpoint.")
+@click.option("--coprocessor", type=click.Path(path_type=Path), help="A trained coprocessor checkpoint directory.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifacts directory to write.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Default: bf16 for Gemma, else fp32.")
+@click.option("--max-seq", default=2048, show_default=True, type=int, help="kv-cache capacity in tokens.")
+@click.option("--batch", default=1, show_default=True, type=int, help="Static batch of the graphs.")
+@click.option("--kv-update", default="inplace", show_default=True, type=click.Choice(["inplace", "portable"]),
+              help="inplace: TensorScatter (TensorRT >= 10.15, ONNX Runtime); portable: plain ops (TensorRT 10.3).")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+def export_command(**options) -> None:
+    """Write prefill/decode(/coprocessor) ONNX graphs, shared weights, tokenizer and manifest.json."""
+    from latentcache.export.onnx_export import ExportConfig, export_artifacts
+
+    click.echo(str(export_artifacts(ExportConfig(**options), progress=lambda m: click.echo(m, err=True))))
+
+
+@main.command("build")
+@click.argument("artifacts", type=click.Path(path_type=Path))
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "tensorrt", "tensorrt_rtx"]))
+@click.option("--workspace", type=float, help="Builder workspace limit in GiB.")
+def build_command(artifacts: Path, backend: str, workspace: float | None) -> None:
+    """Compile every graph of ARTIFACTS into a TensorRT (or TensorRT-RTX) engine."""
+    from latentcache.export.tensorrt_build import build_engines
+
+    for engine in build_engines(artifacts, backend, workspace, progress=lambda m: click.echo(m, err=True)):
+        click.echo(str(engine))
+
+
+def runtime_options(command):
+    """Options shared by run/chat: backend, policy, sampling."""
+    options = [
+        click.option("--backend", default="auto", show_default=True,
+                     type=click.Choice(["auto", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "torch"])),
+        click.option("--no-coprocessor", is_flag=True, help="The base model alone."),
+        click.option("--policy", default="end-of-prompt", show_default=True,
+                     type=click.Choice(["end-of-prompt", "every-n", "entropy", "async"])),
+        click.option("--every", default=32, show_default=True, type=click.IntRange(1), help="Tokens between augmentations (every-n)."),
+        click.option("--entropy", default=2.5, show_default=True, type=float, help="Entropy threshold in nats (entropy)."),
+        click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(1)),
+        click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0), help="0 means greedy."),
+        click.option("--top-k", default=0, show_default=True, type=click.IntRange(0)),
+        click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True)),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--threads", type=click.IntRange(1), help="CPU threads (ONNX Runtime)."),
+        click.option("--chat/--raw", default=True, show_default=True, help="Wrap prompts in the chat template."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _request(artifacts, backend, no_coprocessor, policy, every, entropy, temperature, top_k, top_p, seed, threads):
+    from latentcache.runtime import Pipeline
+    from latentcache.sampling import Sampling
+
+    pipeline = Pipeline(artifacts, backend, threads)
+    click.echo(f"backend: {pipeline.backend.describe()}", err=True)
+    chosen = pipeline.policy(not no_coprocessor and pipeline.has_coprocessor, policy, every=every, entropy=entropy)
+    return pipeline, chosen, Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+
+
+@main.command("run")
+@click.argument("artifacts", type=click.Path(path_type=Path))
+@click.argument("prompt")
+@runtime_options
+def run_command(artifacts: Path, prompt: str, max_new_tokens: int, chat: bool, **options) -> None:
+    """Answer PROMPT with ARTIFACTS; only the generated text goes to stdout."""
+    pipeline, policy, sampling = _request(artifacts, **options)
+    for piece in pipeline.stream(prompt, max_new_tokens, sampling, policy, chat):
+        click.echo(piece, nl=False)
+    click.echo()
+
+
+@main.command("chat")
+@click.argument("artifacts", type=click.Path(path_type=Path))
+@runtime_options
+def chat_command(artifacts: Path, max_new_tokens: int, chat: bool, **options) -> None:
+    """An interactive loop: one prompt per line, an empty line or Ctrl-D ends it."""
+    pipeline, policy, sampling = _request(artifacts, **options)
+    while True:
+        try:
+            prompt = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
+        except (EOFError, click.Abort):
+            break
+        if not prompt.strip():
+            break
+        for piece in pipeline.stream(prompt, max_new_tokens, sampling, policy, chat):
+            click.echo(piece, nl=False)
+        click.echo()
+
+
+@main.command("bench")
+@click.argument("artifacts", type=click.Path(path_type=Path))
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "torch"]))
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the report here.")
+@click.option("--prompt-tokens", default=128, show_default=True, type=int)
+@click.option("--new-tokens", default=128, show_default=True, type=int)
+@click.option("--repetitions", default=5, show_default=True, type=int)
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(0))
+@click.option("--no-coprocessor", is_flag=True)
+@click.option("--policy", default="end-of-prompt", show_default=True,
+              type=click.Choice(["end-of-prompt", "every-n", "entropy", "async"]))
+@click.option("--threads", type=click.IntRange(1))
+def bench_command(artifacts: Path, backend: str, json_out: Path | None, no_coprocessor: bool, threads, **options) -> None:
+    """Latency of ARTIFACTS: time to first token, coprocessor + absorb, decode median/p90, memory."""
+    from latentcache.runtime.bench import BenchConfig, format_report, run_bench
+
+    config = BenchConfig(coprocessor=not no_coprocessor, **options)
+    click.echo(format_report(run_bench(artifacts, backend, config, json_out, threads)))
 
 
 if __name__ == "__main__":

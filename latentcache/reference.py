@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from latentcache.errors import CheckpointError, LatentcacheError
-from latentcache.model.generate import Sampling
+from latentcache.sampling import Sampling
 
 
 def load_tokenizer(path: Path):

@@ -1,5 +1,11 @@
-"""Runtime stage: runs exported artifacts (prefill, optional coprocessor, decode) on the device.
+"""Run exported artifacts: prefill -> (coprocess -> absorb) -> decode_step on ONNX Runtime, TensorRT or PyTorch.
 
-Imports nothing from ``latentcache.train`` or ``latentcache.export`` and needs neither torch nor
-transformers: an edge device installs only ``latentcache[runtime]``.
+Imports and runs with neither torch nor transformers installed (``pip install 'latentcache[runtime]'``):
+``Pipeline(artifacts, backend="auto").stream("prompt", max_new_tokens=64, policy=...)``.
 """
+
+from latentcache.runtime.generator import Generator, RequestStats, make_policy
+from latentcache.runtime.manifest import Manifest, load_manifest
+from latentcache.runtime.pipeline import Pipeline
+
+__all__ = ["Generator", "Manifest", "Pipeline", "RequestStats", "load_manifest", "make_policy"]

@@ -66,3 +66,24 @@ def build_tiny(name: str, directory: Path, seed: int = 0):
 ARCHITECTURES = [
     "llama-gqa-tied", "llama3-rope-scaling", "llama-mqa-bias", "mistral-sliding", "qwen2-bias", "gemma2", "gemma3",
 ]
+
+
+TOKENIZER_ALPHABET = " abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"-()\n"
+
+
+def save_tiny_tokenizer(directory: Path) -> None:
+    """A character-level ``tokenizer.json`` (ids 0-2 special, then ``TOKENIZER_ALPHABET``) fitting every tiny vocab."""
+    import json
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({ch: i + 3 for i, ch in enumerate(TOKENIZER_ALPHABET)})
+    assert len(vocab) <= COMMON["vocab_size"]
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.add_special_tokens(["<unk>", "<s>", "</s>"])
+    tokenizer.save(str(directory / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))

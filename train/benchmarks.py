@@ -243,7 +243,7 @@ def augment(base: Decoder, coprocessor: Coprocessor | None, state: PromptState) 
     return PromptState(state.cache, length + n_latents, hidden[:, -1])
 
 
-def _extend(base: Decoder, state: PromptState, ids: Sequence[int]) -> torch.Tensor:
+def extend(base: Decoder, state: PromptState, ids: Sequence[int]) -> torch.Tensor:
     """Hidden states ``[1, len(ids), hidden]`` of ``ids`` written at the slots after ``state``."""
     device = state.hidden.device
     start, count = state.next_slot, len(ids)
@@ -257,7 +257,7 @@ def continuation_logprobs(base: Decoder, state: PromptState, ids: Sequence[int])
     """Log-probabilities ``[len(ids)]`` of ``ids`` following the (possibly augmented) prompt."""
     hidden = state.hidden[:, None]
     if len(ids) > 1:
-        hidden = torch.cat((hidden, _extend(base, state, ids[:-1])), dim=1)
+        hidden = torch.cat((hidden, extend(base, state, ids[:-1])), dim=1)
     logprobs = F.log_softmax(base.logits(hidden[0]).float(), dim=-1)
     return logprobs.gather(-1, torch.tensor(list(ids), device=logprobs.device)[:, None]).squeeze(-1)
 
@@ -275,7 +275,7 @@ def greedy_tokens(base: Decoder, state: PromptState, max_new_tokens: int, stop_i
         tokens.append(token)
         if (stop is not None and stop(tokens)) or step == max_new_tokens - 1:
             break
-        hidden = _extend(base, PromptState(state.cache, slot, hidden), [token])[:, -1]
+        hidden = extend(base, PromptState(state.cache, slot, hidden), [token])[:, -1]
         slot += 1
     return tokens
 

@@ -77,28 +77,44 @@ def attend(
     mask: torch.Tensor,
     scale: float,
     softcap: float | None,
+    explicit: bool = False,
 ) -> torch.Tensor:
     """Masked attention. ``q [B,H,Q,D]``, ``k/v [B,Hkv,K,D]``, ``mask`` bool ``[B,1,Q,K]`` (True = attend).
 
-    Soft-capped scores (Gemma-2) need the explicit path; everything else goes through SDPA, which runs
-    an efficient kernel for arbitrary boolean masks. Every query row must allow at least one key.
+    SDPA runs an efficient kernel for arbitrary boolean masks; soft-capped scores (Gemma-2) and exported
+    graphs take the explicit path. Every query row must allow at least one key.
     """
-    groups = q.shape[1] // k.shape[1]
-    if softcap is None:
+    if softcap is None and not explicit:
+        groups = q.shape[1] // k.shape[1]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
-    if groups > 1:
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-    return torch.matmul(probs, v)
+    return explicit_attention(q, k, v, mask, scale, softcap)
+
+
+def explicit_attention(q, k, v, mask, scale: float, softcap: float | None) -> torch.Tensor:
+    """MatMul -> (soft-cap) -> mask -> fp32 softmax -> MatMul, in ops every ONNX runtime and TensorRT parse.
+
+    Grouped-query heads are folded into the query axis (``[B, Hkv, G*Q, D]``) instead of repeating the
+    keys/values, so no step copies the cache. Q is pre-scaled in fp32 (a low-precision rounded scale drifts
+    from the reference at long context; field notes, implication 5).
+    """
+    batch, heads, queries, dim = q.shape
+    kv_heads = k.shape[1]
+    groups = heads // kv_heads
+    q = (q.float() * scale).to(q.dtype).reshape(batch, kv_heads, groups * queries, dim)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float()
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.view(batch, kv_heads, groups, queries, -1)
+    scores = scores.masked_fill(~mask[:, :, None], torch.finfo(torch.float32).min)
+    probs = torch.softmax(scores, dim=-1).to(v.dtype).view(batch, kv_heads, groups * queries, -1)
+    return torch.matmul(probs, v).view(batch, heads, queries, dim)
 
 
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.config, self.layer = config, layer
+        self.explicit = False  # set by Decoder.use_explicit_attention (exported graphs)
         hidden, heads, kv_heads, head_dim = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
         self.q_proj = nn.Linear(hidden, heads * head_dim, bias=config.qkv_bias)
         self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=config.qkv_bias)
@@ -136,7 +152,7 @@ class Attention(nn.Module):
             span = mask.shape[-1] - k.shape[2]
             k = torch.cat((prefix.keys[self.layer][:, :, :span], k), dim=2)
             v = torch.cat((prefix.values[self.layer][:, :, :span], v), dim=2)
-        out = attend(q, k, v, mask, cfg.attn_scale, cfg.attn_softcap)
+        out = attend(q, k, v, mask, cfg.attn_scale, cfg.attn_softcap, self.explicit)
         batch, _, seq, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
@@ -202,6 +218,14 @@ class Decoder(nn.Module):
         for kind, spec in config.rope.items():
             self.register_buffer(f"inv_freq_{kind}", inverse_frequencies(spec, config.head_dim), persistent=False)
 
+    def cast(self, dtype: torch.dtype) -> "Decoder":
+        """Weights to ``dtype``; rope frequencies stay fp32 (recomputed, never rounded through ``dtype``)."""
+        self.to(dtype)
+        device = self.embed_tokens.weight.device
+        for kind, spec in self.config.rope.items():
+            setattr(self, f"inv_freq_{kind}", inverse_frequencies(spec, self.config.head_dim).to(device))
+        return self
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings, times Gemma's sqrt(hidden) (rounded to the weight dtype, as transformers does)."""
         scale = torch.tensor(self.config.embed_scale, dtype=self.embed_tokens.weight.dtype)
@@ -236,10 +260,23 @@ class Decoder(nn.Module):
             cache.positions[:, write_index : write_index + x.shape[1]] = position_ids
             key_positions = cache.positions[:, : attention_mask.shape[-1]]
         masks = self._masks_by_layer_type(attention_mask, position_ids, key_positions)
+        return self.run_layers(x, position_ids, masks, cache, write_index, prefix)
+
+    def run_layers(self, x, position_ids, masks, cache=None, write_index=0, prefix=None) -> torch.Tensor:
+        """Every layer over input embeddings ``x`` with per-layer-type masks; final-norm hidden states.
+
+        The shared core of ``forward`` and the exported graphs (which build their masks in-graph).
+        """
         ropes = {kind: rope_tables(getattr(self, f"inv_freq_{kind}"), position_ids) for kind in self.config.rope}
         for layer, kind in zip(self.layers, self.config.layer_types):
             x = layer(x, ropes[kind], masks[kind], cache, write_index, prefix)
         return self.norm(x)
+
+    def use_explicit_attention(self, explicit: bool = True) -> "Decoder":
+        """Route attention through ``explicit_attention`` (ONNX export) instead of SDPA."""
+        for layer in self.layers:
+            layer.self_attn.explicit = explicit
+        return self
 
     def _masks_by_layer_type(self, mask, query_positions, key_positions) -> dict[str, torch.Tensor]:
         """The caller's mask for full layers; for sliding layers also ``q_pos - k_pos < window``."""

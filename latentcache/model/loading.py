@@ -136,16 +136,7 @@ def load_decoder(
     check_state_dict(expected, found, path)
     decoder = decoder.to_empty(device=device)
     decoder.load_state_dict({k: v.to(dtype) for k, v in found.items()}, strict=False, assign=False)
-    decoder.to(dtype)
-    _restore_buffers(decoder, config, device)
+    decoder.cast(dtype)  # also rebuilds the rope buffers, which to_empty left uninitialised
     if config.tie_word_embeddings:
         decoder.lm_head.weight = decoder.embed_tokens.weight
     return decoder.eval().requires_grad_(False)
-
-
-def _restore_buffers(decoder: Decoder, config: ModelConfig, device) -> None:
-    """Non-persistent buffers (rope frequencies) are lost by ``to_empty``; rebuild them in fp32."""
-    from latentcache.model.rope import inverse_frequencies
-
-    for kind, spec in config.rope.items():
-        setattr(decoder, f"inv_freq_{kind}", inverse_frequencies(spec, config.head_dim).to(device))

@@ -42,8 +42,12 @@ def rope_tables(inv_freq: torch.Tensor, position_ids: torch.Tensor) -> tuple[tor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [batch, heads, seq, head_dim]`` by the tables (half-split convention of HF Llama/Gemma)."""
-    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    """Rotate ``x [batch, heads, seq, head_dim]`` by the tables (half-split convention of HF Llama/Gemma).
+
+    The rotation runs in fp32 whatever ``x``'s dtype (bf16/fp16 rounding of cos/sin drifts at long context).
+    """
+    cos, sin = cos[:, None], sin[:, None]
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    xf = x.float()
+    rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)

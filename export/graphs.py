@@ -1,0 +1,106 @@
+"""The exported graphs as small modules over the owned model code: plain tensors in, plain tensors out.
+
+Each wrapper implements one graph of the contract in ``latentcache.runtime.manifest`` (read its docstring
+for the semantics); the masks are built in-graph from ``attention_mask`` and ``write_index`` (explicit,
+never ``is_causal``), attention is the explicit MatMul/softmax path, and the cache update is one of two
+lowerings (``export.kv_update``). The same wrappers run eagerly (``portable``) as the export-side
+reference in the parity tests.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from latentcache.model import Decoder
+from latentcache.model.config import SLIDING, ModelConfig
+
+
+def cache_masks(config: ModelConfig, attention_mask: torch.Tensor, write_index: torch.Tensor, queries: int):
+    """Per-layer-type bool masks ``[batch, 1, queries, attend]`` for rows written at ``write_index + i``.
+
+    A row sees valid slots at or before its own slot (and always itself, so padding rows are never empty);
+    sliding layers also need ``own slot - key slot < window``. Slots stand in for positions: within a
+    sequence, real tokens and latents occupy consecutive slots with consecutive positions.
+    """
+    span = attention_mask.shape[1]
+    key_slots = torch.arange(span, device=attention_mask.device)
+    query_slots = write_index[:, None] + torch.arange(queries, device=attention_mask.device)
+    distance = query_slots[:, :, None] - key_slots[None, None, :]
+    full = (attention_mask.bool()[:, None, :] & (distance >= 0)) | (distance == 0)
+    masks = {kind: full[:, None] for kind in set(config.layer_types)}
+    if SLIDING in masks:
+        masks[SLIDING] = (full & (distance < config.sliding_window))[:, None]
+    return masks
+
+
+class GraphCache:
+    """The cache as graph values: ``past`` tensors in, ``present`` tensors out, through ``update``.
+
+    ``update(past, rows, write_index) -> present`` writes ``rows [B, Hkv, q, D]`` at slots
+    ``write_index[b] + i``; attention then reads the present tensor (Attention calls ``write`` first).
+    """
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], update) -> None:
+        self.keys, self.values, self.update = list(keys), list(values), update
+
+    def write(self, layer: int, index: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys[layer] = self.update(self.keys[layer], keys, index)
+        self.values[layer] = self.update(self.values[layer], values, index)
+
+    def flat(self) -> list[torch.Tensor]:
+        return [t for pair in zip(self.keys, self.values) for t in pair]
+
+
+def split_cache(cache: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``[k0, v0, k1, v1, ...]`` (the graphs' flat order) -> keys, values."""
+    return list(cache[0::2]), list(cache[1::2])
+
+
+class BaseStep(nn.Module):
+    """``prefill`` (``with_embeds``) and ``decode``: new rows -> last-row fp32 logits and the present cache."""
+
+    def __init__(self, base: Decoder, update, with_embeds: bool) -> None:
+        super().__init__()
+        self.base, self.update, self.with_embeds = base.use_explicit_attention(), update, with_embeds
+        self.eval()
+
+    def forward(self, input_ids, position_ids, write_index, attention_mask, cache, inputs_embeds=None, embeds_mask=None):
+        x = self.base.embed(input_ids)
+        if self.with_embeds:
+            x = torch.where(embeds_mask.bool()[..., None], inputs_embeds.to(x.dtype), x)
+        masks = cache_masks(self.base.config, attention_mask, write_index, x.shape[1])
+        graph_cache = GraphCache(*split_cache(cache), self.update)
+        hidden = self.base.run_layers(x, position_ids, masks, graph_cache, write_index)
+        logits = self.base.logits(hidden[:, -1]).float()
+        return (logits, *graph_cache.flat())
+
+
+class CoprocessorStep(nn.Module):
+    """``coprocessor``: the base cache (read-only) -> ``[batch, N_L, hidden]`` latents.
+
+    Soft tokens sit at slots ``attend + i`` (right after the attended span), positions given by the
+    runtime (``p + 1 + i`` for a prompt ending at position ``p``; ``train.layout`` decides this).
+    """
+
+    def __init__(self, coprocessor) -> None:
+        super().__init__()
+        self.coprocessor = coprocessor
+        if coprocessor.network is not None:
+            coprocessor.network.use_explicit_attention()
+        self.eval()
+
+    def forward(self, position_ids, attention_mask, cache):
+        copro = self.coprocessor
+        batch, n_latents = position_ids.shape
+        soft = copro.soft_tokens.to(copro._dtype())[None].expand(batch, -1, -1)
+        if copro.network is None:  # pause-token control: the latents are the trained embeddings
+            return soft
+        span = attention_mask.shape[1]
+        own = torch.ones(batch, n_latents, dtype=attention_mask.dtype, device=attention_mask.device)
+        write_index = torch.full((batch,), span, dtype=torch.long, device=attention_mask.device)
+        masks = cache_masks(copro.network.config, torch.cat((attention_mask, own), 1), write_index, n_latents)
+        keys, values = split_cache(cache)
+        prefix = GraphCache(keys, values, update=None)
+        hidden = copro.network.run_layers(soft, position_ids, masks, prefix=prefix)
+        return hidden * copro.latent_scale.to(hidden.dtype)

@@ -1,0 +1,352 @@
+"""`latentcache export`: base (+ coprocessor) -> prefill/decode/coprocessor ONNX graphs, weights, manifest.
+
+Everything is written to a temporary sibling directory and renamed into place at the end, so an
+interrupted export never leaves a directory that looks valid. Large weights of all graphs go to one
+``weights.bin`` with content de-duplication: the base's weights are stored once for prefill and decode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from latentcache.errors import LatentcacheError
+from latentcache.runtime import manifest as contract
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ONNX_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+ELEMENT_TYPES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}  # onnx.TensorProto
+GEMMA_TYPES = ("gemma2", "gemma3_text")
+WEIGHTS_FILE = "weights.bin"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    base: Path
+    out: Path
+    coprocessor: Path | None = None
+    dtype: str | None = None  # None: bf16 for Gemma, fp32 otherwise
+    max_seq: int = 2048
+    batch: int = 1
+    kv_update: str = "inplace"
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise LatentcacheError(f"--dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
+        if self.kv_update not in contract.KV_UPDATES:
+            raise LatentcacheError(f"--kv-update must be one of {', '.join(contract.KV_UPDATES)}, got '{self.kv_update}'")
+        if self.max_seq < 8:
+            raise LatentcacheError(f"--max-seq must be at least 8, got {self.max_seq}")
+        if self.batch < 1:
+            raise LatentcacheError(f"--batch must be at least 1, got {self.batch}")
+        out = Path(self.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not self.force:
+            raise LatentcacheError(f"{out} exists and is not empty: choose another --out or pass --force to replace it")
+
+
+@dataclass
+class WeightStore:
+    """One external-data file shared by every graph; identical tensors are stored once."""
+
+    path: Path
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
+    min_bytes: int = 1024
+
+    def externalize(self, model) -> None:
+        from onnx import TensorProto
+
+        with open(self.path, "ab") as handle:
+            for tensor in model.graph.initializer:
+                data = tensor.raw_data
+                if len(data) < self.min_bytes:
+                    continue
+                key = hashlib.sha256(data).hexdigest()
+                if key not in self.offsets:
+                    offset = handle.tell()
+                    handle.write(data + b"\0" * (-len(data) % 64))  # 64-byte aligned tensors
+                    self.offsets[key] = (offset, len(data))
+                offset, length = self.offsets[key]
+                tensor.ClearField("raw_data")
+                tensor.data_location = TensorProto.EXTERNAL
+                del tensor.external_data[:]
+                for k, v in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = k, v
+
+
+@dataclass(frozen=True)
+class GraphPlan:
+    """One graph to export: the module, example inputs, and the contract's view of its I/O."""
+
+    name: str
+    module: torch.nn.Module
+    args: tuple
+    kwargs: dict
+    dynamic: dict
+    inputs: tuple[contract.TensorSpec, ...]
+    outputs: tuple[contract.TensorSpec, ...]
+
+
+def cache_specs(num_layers: int, dtype: str, past: bool) -> list[contract.TensorSpec]:
+    shape = ("batch", "kv_heads", "max_seq", "head_dim")
+    roles = (contract.PAST_KEY, contract.PAST_VALUE) if past else (contract.PRESENT_KEY, contract.PRESENT_VALUE)
+    names = ("past_key_values.{}.key", "past_key_values.{}.value") if past else ("present.{}.key", "present.{}.value")
+    return [
+        contract.TensorSpec(name.format(i), role, dtype, shape, layer=i)
+        for i in range(num_layers)
+        for role, name in zip(roles, names)
+    ]
+
+
+def _spec(role: str, dtype: str, shape: tuple) -> contract.TensorSpec:
+    return contract.TensorSpec(role, role, dtype, shape)
+
+
+def plan_graphs(base, coprocessor, config: ExportConfig, dtype: torch.dtype) -> list[GraphPlan]:
+    from torch.export import Dim
+
+    from latentcache.export.graphs import BaseStep, CoprocessorStep
+    from latentcache.export.kv_update import UPDATES
+
+    mc, batch, max_seq = base.config, config.batch, config.max_seq
+    dt = ONNX_DTYPES[dtype]
+    query, attend = Dim("query", min=1, max=max_seq), Dim("attend", min=1, max=max_seq)
+    update = UPDATES[config.kv_update]
+    cache = [torch.zeros(batch, mc.num_kv_heads, max_seq, mc.head_dim, dtype=dtype) for _ in range(2 * mc.num_layers)]
+    q, span = 3, 7  # example sizes >= 2 so the exporter does not specialise them
+    ids = torch.ones(batch, q, dtype=torch.long)
+    positions = torch.arange(2, 2 + q).expand(batch, -1).contiguous()
+    write_index = torch.full((batch,), 2, dtype=torch.long)
+    mask = torch.ones(batch, span, dtype=torch.long)
+    common_in = [
+        _spec(contract.INPUT_IDS, "int64", ("batch", "query")),
+        _spec(contract.POSITION_IDS, "int64", ("batch", "query")),
+        _spec(contract.WRITE_INDEX, "int64", ("batch",)),
+        _spec(contract.ATTENTION_MASK, "int64", ("batch", "attend")),
+        *cache_specs(mc.num_layers, dt, past=True),
+    ]
+    base_out = (_spec(contract.LOGITS, "float32", ("batch", "vocab")), *cache_specs(mc.num_layers, dt, past=False))
+    cache_dims = [{} for _ in cache]
+    plans = [
+        GraphPlan(
+            "prefill", BaseStep(base, update, with_embeds=True),
+            (ids, positions, write_index, mask, cache),
+            {"inputs_embeds": torch.zeros(batch, q, mc.hidden_size, dtype=dtype),
+             "embeds_mask": torch.zeros(batch, q, dtype=torch.long)},
+            {"input_ids": {1: query}, "position_ids": {1: query}, "write_index": {}, "attention_mask": {1: attend},
+             "cache": cache_dims, "inputs_embeds": {1: query}, "embeds_mask": {1: query}},
+            (*common_in, _spec(contract.INPUTS_EMBEDS, dt, ("batch", "query", "hidden")),
+             _spec(contract.EMBEDS_MASK, "int64", ("batch", "query"))),
+            base_out,
+        ),
+        GraphPlan(
+            "decode", BaseStep(base, update, with_embeds=False),
+            (ids[:, :1], positions[:, :1], write_index, mask, cache), {},
+            {"input_ids": {}, "position_ids": {}, "write_index": {}, "attention_mask": {1: attend},
+             "cache": cache_dims},
+            tuple(_with_shape(s, "query", 1) for s in common_in),
+            base_out,
+        ),
+    ]
+    if coprocessor is not None:
+        n = coprocessor.config.num_latents
+        plans.append(GraphPlan(
+            "coprocessor", CoprocessorStep(coprocessor),
+            (torch.arange(span, span + n).expand(batch, -1).contiguous(), mask, cache), {},
+            {"position_ids": {}, "attention_mask": {1: attend}, "cache": cache_dims},
+            (_spec(contract.POSITION_IDS, "int64", ("batch", n)), _spec(contract.ATTENTION_MASK, "int64", ("batch", "attend")),
+             *cache_specs(mc.num_layers, dt, past=True)),
+            (_spec(contract.LATENTS, dt, ("batch", n, "hidden")),),
+        ))
+    return plans
+
+
+def _with_shape(spec: contract.TensorSpec, dim: str, value: int) -> contract.TensorSpec:
+    shape = tuple(value if d == dim else d for d in spec.shape)
+    return contract.TensorSpec(spec.name, spec.role, spec.dtype, shape, spec.layer)
+
+
+def export_graph(plan: GraphPlan, opset: int, store: WeightStore, directory: Path):
+    """Export one graph, move its weights to the shared store, check it, and return its ``GraphSpec``."""
+    import onnx
+
+    names_in = [s.name for s in plan.inputs]
+    names_out = [s.name for s in plan.outputs]
+    with torch.no_grad(), quiet_exporter():
+        program = torch.onnx.export(
+            plan.module, plan.args, kwargs=plan.kwargs, dynamic_shapes=plan.dynamic, input_names=names_in,
+            output_names=names_out, opset_version=opset, dynamo=True, optimize=True, verbose=False,
+        )
+    model = program.model_proto
+    check_io(model, plan)
+    store.externalize(model)
+    path = directory / f"{plan.name}.onnx"
+    onnx.save_model(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)  # full_check runs strict shape inference
+    return contract.GraphSpec(path.name, plan.inputs, plan.outputs)
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """The exporter's chatter (progress emoji, optional-dependency and deprecation warnings) off stderr."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def check_io(model, plan: GraphPlan) -> None:
+    """The exported graph's named I/O must be exactly the contract's (names, order, element types, rank)."""
+    for kind, actual, expected in (("inputs", model.graph.input, plan.inputs), ("outputs", model.graph.output, plan.outputs)):
+        got = [(v.name, ELEMENT_TYPES.get(v.type.tensor_type.elem_type, "other"), len(v.type.tensor_type.shape.dim))
+               for v in actual]
+        want = [(s.name, s.dtype, len(s.shape)) for s in expected]
+        if got != want:
+            raise RuntimeError(f"{plan.name}.onnx {kind} differ from the contract:\n got  {got}\n want {want}")
+
+
+def load_models(config: ExportConfig):
+    """The base ``Decoder`` and the coprocessor (LoRA merged) in the export dtype, or ``None``."""
+    from latentcache.model import load_decoder
+    from latentcache.model.loading import read_model_config
+
+    model_type = read_model_config(config.base).model_type
+    dtype = DTYPES[config.dtype or ("bf16" if model_type in GEMMA_TYPES else "fp32")]
+    if config.coprocessor is None:
+        return load_decoder(config.base, dtype=dtype), None, dtype
+    from latentcache.train.checkpoint import load_coprocessor
+    from latentcache.train.coprocessor import merge_lora
+
+    base, coprocessor = load_coprocessor(config.coprocessor, config.base)
+    if coprocessor.network is not None:
+        merge_lora(coprocessor.network)
+        coprocessor.network.cast(dtype)
+    coprocessor.soft_tokens.data = coprocessor.soft_tokens.data.to(dtype)
+    return base.cast(dtype), coprocessor, dtype
+
+
+def copy_tokenizer(base: Path, directory: Path) -> tuple[tuple[str, ...], str | None]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (base / name).is_file():
+            shutil.copy2(base / name, directory / name)
+            copied.append(name)
+    if "tokenizer.json" not in copied:
+        raise LatentcacheError(f"{base} has no tokenizer.json: the runtime tokenizes with it; add it to the checkpoint")
+    template = None
+    if (base / CHAT_TEMPLATE_FILE).is_file():
+        shutil.copy2(base / CHAT_TEMPLATE_FILE, directory / CHAT_TEMPLATE_FILE)
+        template = CHAT_TEMPLATE_FILE
+    return tuple(copied), template
+
+
+def tool_versions() -> dict[str, str]:
+    import onnx
+    import onnxscript
+    import transformers
+
+    import latentcache
+
+    return {"latentcache": latentcache.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "onnx": onnx.__version__, "onnxscript": onnxscript.__version__}
+
+
+def coprocessor_metadata(directory: Path | None) -> dict:
+    if directory is None:
+        return {}
+    from latentcache.train.checkpoint import load_state, resolve_checkpoint
+
+    state = load_state(resolve_checkpoint(Path(directory)))
+    return {"config": state["coprocessor_config"], "step": state.get("step"), "fingerprints": state.get("fingerprints")}
+
+
+def export_artifacts(config: ExportConfig, progress: Callable[[str], None] | None = None) -> Path:
+    """Write the artifacts directory ``config.out``; returns its path."""
+    from latentcache.export.kv_update import OPSET
+
+    say = progress or (lambda message: print(message, file=sys.stderr))
+    base, coprocessor, dtype = load_models(config)
+    if config.max_seq > base.config.max_position_embeddings:
+        raise LatentcacheError(
+            f"--max-seq {config.max_seq} exceeds the model's {base.config.max_position_embeddings} positions"
+        )
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        store = WeightStore(staging / WEIGHTS_FILE)
+        graphs = {}
+        for plan in plan_graphs(base, coprocessor, config, dtype):
+            say(f"exporting {plan.name}.onnx ({config.kv_update} kv update, {ONNX_DTYPES[dtype]})")
+            graphs[plan.name] = export_graph(plan, OPSET[config.kv_update], store, staging)
+        tokenizer_files, template = copy_tokenizer(Path(config.base), staging)
+        manifest = build_manifest(base, coprocessor, config, dtype, graphs, tokenizer_files, template, staging)
+        (staging / contract.MANIFEST_FILE).write_text(manifest.to_json())
+        replace_directory(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    say(f"wrote {out} ({sum(f.stat().st_size for f in out.iterdir()) / 2**20:.1f} MiB)")
+    return out
+
+
+def build_manifest(base, coprocessor, config, dtype, graphs, tokenizer_files, template, staging) -> contract.Manifest:
+    from latentcache.export.kv_update import OPSET
+    from latentcache.registry import sha256_of
+
+    mc = base.config
+    files = sorted(p.name for p in staging.iterdir() if p.is_file())
+    return contract.Manifest(
+        graphs=graphs,
+        kv=contract.KVSpec(mc.num_layers, mc.num_kv_heads, mc.head_dim, config.max_seq, config.batch, ONNX_DTYPES[dtype]),
+        model=mc.to_dict(),
+        dtype=ONNX_DTYPES[dtype],
+        kv_update=config.kv_update,
+        hidden_size=mc.hidden_size,
+        vocab_size=mc.vocab_size,
+        num_latents=coprocessor.config.num_latents if coprocessor is not None else 0,
+        latent_positions="latent i after a prompt ending at position p: position p + 1 + i, next cache slot",
+        special_tokens={"bos_token_id": mc.bos_token_id, "eos_token_ids": list(mc.eos_token_ids),
+                        "pad_token_id": mc.pad_token_id},
+        tokenizer_files=tokenizer_files,
+        chat_template=template,
+        opset=OPSET[config.kv_update],
+        tool_versions=tool_versions(),
+        files={name: sha256_of(staging / name) for name in files},
+        coprocessor=coprocessor_metadata(config.coprocessor),
+        sources={"base": str(Path(config.base).resolve()),
+                 "coprocessor": str(Path(config.coprocessor).resolve()) if config.coprocessor else None},
+    )
+
+
+def replace_directory(staging: Path, out: Path) -> None:
+    """Rename ``staging`` to ``out``; an existing ``out`` (allowed by --force) is moved aside first."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)

@@ -1,0 +1,133 @@
+"""ONNX Runtime backends: CPU (the default and the fallback) and CUDA, through IO binding.
+
+The cache lives in OrtValues allocated once on the session's device. With the ``inplace`` lowering
+(TensorScatter) past and present are bound to the *same* OrtValue, which ONNX Runtime updates in place
+(its kernel checks the aliasing; run plainly it would copy the whole cache each step). The ``portable``
+lowering rewrites every slot through Where, so it gets two buffers that swap roles after each call
+(binding one buffer as both input and output of an arbitrary op is not safe). Inputs are bound from host
+arrays (ONNX Runtime copies them to the device); logits and latents land in preallocated outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from latentcache.runtime import manifest as contract
+from latentcache.runtime.backend import Backend, BackendUnavailable
+
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "bool": np.bool_}
+
+
+def numpy_dtype(dtype: str):
+    if dtype not in NUMPY_DTYPES:
+        raise BackendUnavailable(
+            f"ONNX Runtime cannot run {dtype} artifacts here: export with --dtype fp32 or fp16, or use --backend tensorrt"
+        )
+    return NUMPY_DTYPES[dtype]
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailable("ONNX Runtime is not installed: pip install 'latentcache[runtime]'") from None
+    return onnxruntime
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime-cpu"
+    provider = "CPUExecutionProvider"
+    device = "cpu"
+
+    def __init__(self, artifacts: Path, manifest: contract.Manifest, threads: int | None = None) -> None:
+        super().__init__(artifacts, manifest)
+        ort = import_onnxruntime()
+        if self.provider not in ort.get_available_providers():
+            raise BackendUnavailable(self.missing_provider_message(ort))
+        self.ort = ort
+        dtype = numpy_dtype(manifest.kv.dtype)  # before loading: bf16 graphs fail deep inside session creation
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # TensorScatter logs a warning per call when it has to copy
+        options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 8)
+        self.sessions = {
+            name: ort.InferenceSession(str(self.artifacts / spec.file), options, providers=[self.provider])
+            for name, spec in manifest.graphs.items()
+        }
+        kv = manifest.kv
+        buffers = 2 if manifest.kv_update == "portable" else 1
+        self.caches = [
+            [self._allocate(kv.shape(), dtype) for _ in range(2 * kv.num_layers)] for _ in range(buffers)
+        ]
+        self.current = 0  # which buffer set holds the cache (portable lowering swaps)
+        self.outputs = {
+            name: {
+                spec.role: self._allocate(self._static_shape(spec), numpy_dtype(spec.dtype), "cpu")
+                for spec in graph.outputs if spec.role in (contract.LOGITS, contract.LATENTS)
+            }
+            for name, graph in manifest.graphs.items()
+        }
+
+    def missing_provider_message(self, ort) -> str:
+        return f"{self.provider} is not available in this onnxruntime ({ort.__version__})"
+
+    def _allocate(self, shape, dtype, device: str | None = None):
+        """A zeroed OrtValue; the cache on the session's device, logits/latents on the host (small, read each step)."""
+        return self.ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=dtype), device or self.device, 0)
+
+    def _static_shape(self, spec: contract.TensorSpec) -> tuple[int, ...]:
+        sizes = {"batch": self.manifest.kv.batch, "vocab": self.manifest.vocab_size, "hidden": self.manifest.hidden_size}
+        return tuple(d if isinstance(d, int) else sizes[d] for d in spec.shape)
+
+    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self.manifest.graphs[graph]
+        session = self.sessions[graph]
+        binding = session.io_binding()
+        for role, value in feeds.items():
+            binding.bind_cpu_input(spec.tensor(role).name, np.ascontiguousarray(value))
+        past = self.caches[self.current]
+        writes_cache = any(s.role == contract.PRESENT_KEY for s in spec.outputs)
+        present = self.caches[1 - self.current] if writes_cache and len(self.caches) == 2 else past
+        for i, (key, value) in enumerate(spec.cache_pairs(past=True)):
+            binding.bind_ortvalue_input(key.name, past[2 * i])
+            binding.bind_ortvalue_input(value.name, past[2 * i + 1])
+        if writes_cache:
+            for i, (key, value) in enumerate(spec.cache_pairs(past=False)):
+                binding.bind_ortvalue_output(key.name, present[2 * i])
+                binding.bind_ortvalue_output(value.name, present[2 * i + 1])
+        results = self.outputs[graph]
+        for role, value in results.items():
+            binding.bind_ortvalue_output(spec.tensor(role, output=True).name, value)
+        session.run_with_iobinding(binding)
+        if writes_cache and len(self.caches) == 2:
+            self.current = 1 - self.current
+        return {role: value.numpy() for role, value in results.items()}
+
+    def reset(self) -> None:
+        # Stale slots are never attended (the mask decides), but a new request should not see old data.
+        for buffers in self.caches:
+            for value in buffers:
+                value.update_inplace(np.zeros(value.shape(), dtype=numpy_dtype(self.manifest.kv.dtype)))
+        self.current = 0
+
+    def read_cache(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        cache = self.caches[self.current]
+        return cache[2 * layer].numpy(), cache[2 * layer + 1].numpy()
+
+    def close(self) -> None:
+        self.sessions.clear()
+        self.caches.clear()
+
+
+class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
+    name = "onnxruntime-cuda"
+    provider = "CUDAExecutionProvider"
+    device = "cuda"
+
+    def missing_provider_message(self, ort) -> str:
+        return (
+            f"onnxruntime {ort.__version__} has no CUDA provider (providers: {', '.join(ort.get_available_providers())}):"
+            " pip install onnxruntime-gpu (and uninstall the CPU-only onnxruntime)"
+        )

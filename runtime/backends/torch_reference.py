@@ -1,0 +1,73 @@
+"""The PyTorch reference as a backend: the export-side graph modules run eagerly on the original weights.
+
+It is the one place in the runtime that reaches the model code (lazily): the base and coprocessor are
+loaded from the paths the manifest records under ``sources``, so it serves development machines and
+parity checks, not edge devices. Same contract, same cache layout, same roles as every other backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from latentcache.runtime import manifest as contract
+from latentcache.runtime.backend import Backend, BackendUnavailable
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, artifacts: Path, manifest: contract.Manifest, device: str | None = None) -> None:
+        super().__init__(artifacts, manifest)
+        try:
+            import torch
+        except ImportError:
+            raise BackendUnavailable("the torch backend needs PyTorch: pip install 'latentcache[train]'") from None
+        from latentcache.export.graphs import BaseStep, CoprocessorStep
+        from latentcache.export.kv_update import portable_update
+        from latentcache.export.onnx_export import DTYPES, ExportConfig, load_models
+
+        sources = manifest.sources
+        base_dir = Path(sources.get("base") or "")
+        if not (base_dir / "config.json").is_file():
+            raise BackendUnavailable(
+                f"the torch backend loads the original checkpoint, and {base_dir} (recorded at export) is not there"
+            )
+        self.torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype_name = {v: k for k, v in {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.items()}[manifest.dtype]
+        config = ExportConfig(base=base_dir, out=Path(artifacts), dtype=dtype_name, max_seq=manifest.kv.max_seq,
+                              batch=manifest.kv.batch, force=True,
+                              coprocessor=Path(sources["coprocessor"]) if sources.get("coprocessor") else None)
+        base, coprocessor, dtype = load_models(config)
+        self.dtype = DTYPES[dtype_name]
+        self.steps = {"prefill": BaseStep(base, portable_update, True).to(self.device),
+                      "decode": BaseStep(base, portable_update, False).to(self.device)}
+        if coprocessor is not None:
+            self.steps["coprocessor"] = CoprocessorStep(coprocessor).to(self.device)
+        kv = manifest.kv
+        self.cache = [torch.zeros(kv.shape(), dtype=self.dtype, device=self.device) for _ in range(2 * kv.num_layers)]
+
+    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self.torch
+        tensors = {role: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for role, v in feeds.items()}
+        with torch.no_grad():
+            if graph == "coprocessor":
+                latents = self.steps[graph](tensors[contract.POSITION_IDS], tensors[contract.ATTENTION_MASK], self.cache)
+                return {contract.LATENTS: latents.float().cpu().numpy()}
+            extra = {}
+            if graph == "prefill":
+                extra = {"inputs_embeds": tensors[contract.INPUTS_EMBEDS].to(self.dtype),
+                         "embeds_mask": tensors[contract.EMBEDS_MASK]}
+            logits, *self.cache = self.steps[graph](
+                tensors[contract.INPUT_IDS], tensors[contract.POSITION_IDS], tensors[contract.WRITE_INDEX],
+                tensors[contract.ATTENTION_MASK], self.cache, **extra)
+        return {contract.LOGITS: logits.cpu().numpy()}
+
+    def reset(self) -> None:
+        for tensor in self.cache:
+            tensor.zero_()
+
+    def read_cache(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.cache[2 * layer].float().cpu().numpy(), self.cache[2 * layer + 1].float().cpu().numpy()

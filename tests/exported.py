@@ -1,0 +1,59 @@
+"""Tiny exported artifacts for the export and runtime tests: a random base, a perturbed LoRA coprocessor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tests.tiny import build_tiny, save_tiny_tokenizer
+
+PROMPTS = [[5, 17, 33, 8, 41, 12, 60, 9, 27], [44, 6, 71, 30, 15]]  # left-padded to one batch of two
+NUM_LATENTS = 4
+
+
+@dataclass
+class Exported:
+    artifacts: Path
+    base_dir: Path
+    checkpoint: Path
+    base: object  # the reference Decoder (fp32)
+    coprocessor: object  # the reference Coprocessor (LoRA unmerged)
+
+
+def save_random_coprocessor(base_dir: Path, out: Path, num_latents: int = NUM_LATENTS, seed: int = 0) -> Path:
+    """A LoRA coprocessor checkpoint with random (non-zero) adapters, as training would write it."""
+    from latentcache.model import load_decoder
+    from latentcache.train.checkpoint import base_fingerprint, save_checkpoint
+    from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig
+
+    config = CoprocessorConfig(num_latents=num_latents, lora_rank=4)
+    coprocessor = Coprocessor(load_decoder(base_dir), config, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in coprocessor.trainable_parameters().items():
+            if "lora_b" in name:  # zero at init would make the adapters a no-op
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    state = {"step": 0, "train_config": {"seed": seed}, "coprocessor_config": vars(config),
+             "fingerprints": {"base": base_fingerprint(base_dir)}, "metrics": {}}
+    save_checkpoint(out, coprocessor.trainable_parameters(), None, state)
+    return out
+
+
+def export_tiny(arch: str, directory: Path, kv_update: str = "inplace", batch: int = 2, max_seq: int = 64,
+                dtype: str = "fp32") -> Exported:
+    from latentcache.export.onnx_export import ExportConfig, export_artifacts
+    from latentcache.train.checkpoint import load_coprocessor
+
+    base_dir = directory / "base"
+    build_tiny(arch, base_dir)
+    save_tiny_tokenizer(base_dir)
+    checkpoint = save_random_coprocessor(base_dir, directory / "coprocessor")
+    artifacts = export_artifacts(
+        ExportConfig(base=base_dir, out=directory / "artifacts", coprocessor=checkpoint, dtype=dtype,
+                     max_seq=max_seq, batch=batch, kv_update=kv_update),
+        progress=lambda message: None,
+    )
+    base, coprocessor = load_coprocessor(checkpoint, base_dir)
+    return Exported(artifacts, base_dir, checkpoint, base, coprocessor)
