@@ -62,7 +62,7 @@ class BaseStep(nn.Module):
 
     def __init__(self, base: Decoder, update, with_embeds: bool) -> None:
         super().__init__()
-        self.base, self.update, self.with_embeds = base.use_explicit_attention(), update, with_embeds
+        self.base, self.update, self.with_embeds = base.use_graph_forms(), update, with_embeds
         self.eval()
 
     def forward(self, input_ids, position_ids, write_index, attention_mask, cache, inputs_embeds=None, embeds_mask=None):
@@ -87,7 +87,7 @@ class CoprocessorStep(nn.Module):
         super().__init__()
         self.coprocessor = coprocessor
         if coprocessor.network is not None:
-            coprocessor.network.use_explicit_attention()
+            coprocessor.network.use_graph_forms()
         self.eval()
 
     def forward(self, position_ids, attention_mask, cache):

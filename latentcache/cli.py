@@ -118,7 +118,8 @@ def train(config_file: Path | None, resume: bool, **overrides) -> None:
               help="Checkpoint directory of a trained coprocessor (repeat to compare runs).")
 @click.option("--data", multiple=True, help="Validation text (default: held-out Gutenberg books + WikiText-2 test).")
 @click.option("--json", "json_out", required=True, type=click.Path(path_type=Path))
-@click.option("--seq-len", default=1024, show_default=True, type=click.IntRange(40))
+@click.option("--seq-len", default=1024, show_default=True, type=click.IntRange(40),
+              help="Long enough for --points plus the +32 position (checked).")
 @click.option("--sequences", default=32, show_default=True, type=click.IntRange(1), help="Sequences per set.")
 @click.option("--batch-size", default=2, show_default=True, type=click.IntRange(2))
 @click.option("--points", default=16, show_default=True, type=click.IntRange(1), help="Augmentation points per sequence.")

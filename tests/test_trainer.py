@@ -1,6 +1,7 @@
 """The trainer: exact resume after an interruption, checkpoints that refuse the wrong base, and real learning."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -62,10 +63,14 @@ def test_resume_refuses_changed_config_and_other_base(tiny_model, tmp_path):
     _, path = tiny_model("llama-gqa-tied")
     _, other = tiny_model("qwen2-bias")
     run(tiny_config(path, tmp_path / "a", max_steps=3))
-    with pytest.raises(LatentcacheError, match="changed config .*lr"):
+    with pytest.raises(LatentcacheError, match=r"changed config \(lr 0.0005 \(was 0.001\)\)"):
         run(tiny_config(path, tmp_path / "a", lr=5e-4), resume=True)
-    with pytest.raises(LatentcacheError, match="changed config .*base"):
+    with pytest.raises(LatentcacheError, match=r"trained on another base than .*qwen2-bias.* \(fingerprint mismatch\)"):
         run(tiny_config(other, tmp_path / "a"), resume=True)
+    moved = tmp_path / "moved-base"  # the base is the weights, not the path: a moved copy resumes
+    shutil.copytree(path, moved)
+    _, final = run(tiny_config(moved, tmp_path / "a", max_steps=4), resume=True)
+    assert final["step"] == 4
 
 
 def test_config_errors_are_reported_together():
@@ -106,3 +111,63 @@ def test_checkpoint_reloads_the_same_coprocessor_and_refuses_another_base(tiny_m
         assert torch.allclose(reloaded(cache, torch.tensor([[11]]), context_len=12), expected, atol=1e-6)
     with pytest.raises(LatentcacheError, match="trained on another base"):
         load_coprocessor(tmp_path / "a/checkpoint", other)
+
+
+def test_validation_baseline_reads_only_the_targets_document(tiny_model, tmp_path):
+    """Packed documents: the frozen baseline must see the context the augmented pass sees (the target's own
+    document), or ``val_delta`` credits the latents with the context the baseline got and they did not."""
+    from latentcache.train.trainer import VALIDATION_STREAM
+
+    hf, path = tiny_model("llama-gqa-tied")
+    eos = hf.config.eos_token_id
+    rows = []
+    for row in random_sequences(4, seed=3):
+        row[row == eos] = eos + 1
+        row[[5, 11]] = eos  # three documents per sequence
+        rows.append(row)
+    trainer = Trainer(tiny_config(path, tmp_path / "a", eval_batches=2), random_sequences(16), rows, "fp")
+    trainer.setup(resume=False)
+    metrics = trainer.validate()
+    points = trainer._points(len(rows), [trainer.config.seed, VALIDATION_STREAM])
+
+    def reference(within_document):
+        """Mean NLL of the ahead targets from transformers itself, on the document prefix ending at each target."""
+        nll = []
+        for row, row_points in zip(rows, points.tolist()):
+            starts = [0] + [i + 1 for i in np.flatnonzero(row == eos)]
+            for p in row_points:
+                for k in range(1, 5):  # x[p+k] from the slot before it, reading that slot's document only
+                    slot = p + k - 1
+                    start = max(s for s in starts if s <= slot) if within_document else 0
+                    with torch.no_grad():
+                        logits = hf(torch.from_numpy(row[start : slot + 1])[None],
+                                    position_ids=torch.arange(start, slot + 1)[None]).logits[0, -1].float()
+                    nll.append(-torch.log_softmax(logits, -1)[row[p + k]].item())
+        return float(np.mean(nll))
+
+    assert metrics["val_base_loss"] == pytest.approx(reference(within_document=True), abs=1e-5)
+    assert abs(reference(within_document=False) - metrics["val_base_loss"]) > 1e-3  # the test can tell
+
+
+def test_latents_never_reach_across_an_end_of_sequence(tiny_model):
+    """An ahead window that crosses an EOS: targets predicted from the next document get exactly the baseline's
+    log-probs (no context of ``p``'s document, no latents), the ones before it still get the latents."""
+    from latentcache.model import load_decoder
+    from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig
+    from latentcache.train.objective import augmented_predictions, baseline_logprobs, document_ids
+
+    hf, path = tiny_model("llama-gqa-tied")
+    base = load_decoder(path)
+    coprocessor = Coprocessor(base, CoprocessorConfig(num_latents=3), seed=0)
+    eos, ahead = hf.config.eos_token_id, 6
+    tokens = torch.from_numpy(random_sequences(2, seed=5)[0] % (eos - 1) + eos + 1)[None]  # no EOS by chance
+    tokens[0, 9] = eos  # documents 0..9 and 10..23
+    points = torch.tensor([[6, 12]])  # group 0: x[7..12], its slots 8 and 9 are in doc 0, slots 10.. in doc 1
+    docs = document_ids(tokens, eos)
+    with torch.no_grad():
+        augmented = augmented_predictions(base, coprocessor, tokens, points, ahead, docs).target_logprobs[0]
+    baseline = baseline_logprobs(base, tokens, points, ahead, docs)[0]
+    # Target x[6+k] comes from slot 5+k: k <= 4 reads document 0 (and the latents), k >= 5 document 1 only.
+    assert torch.allclose(augmented[0, 4:], baseline[0, 4:], atol=1e-5)
+    assert (augmented[0, :4] - baseline[0, :4]).abs().min() > 1e-4
+    assert (augmented[1] - baseline[1]).abs().min() > 1e-4

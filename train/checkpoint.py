@@ -88,6 +88,12 @@ def _swap_in(scratch: Path, directory: Path) -> None:
     shutil.rmtree(previous, ignore_errors=True)
 
 
+def checkpoint_exists(directory: Path) -> bool:
+    """Whether ``directory`` (or the ``.previous`` an interrupted swap left) holds anything a run must not clobber."""
+    directory = Path(directory)
+    return directory.exists() or directory.with_name(directory.name + ".previous").exists()
+
+
 def resolve_checkpoint(directory: Path) -> Path:
     """The checkpoint to read: ``directory``, or its ``.previous`` if a swap was interrupted between renames."""
     directory = Path(directory)

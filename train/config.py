@@ -11,8 +11,9 @@ from typing import Any
 
 from latentcache.errors import LatentcacheError
 
-# Fields a resumed run may change: they do not alter the optimisation path up to the resumed step.
-RESUMABLE_CHANGES = {"max_steps", "log_every", "eval_every", "save_every", "eval_batches", "out"}
+# Fields a resumed run may change: they do not alter the optimisation path up to the resumed step. The base
+# is checked by its weights' fingerprint instead of its path, so a moved copy still resumes.
+RESUMABLE_CHANGES = {"max_steps", "log_every", "eval_every", "save_every", "eval_batches", "out", "base"}
 
 
 class ConfigError(LatentcacheError):
@@ -63,7 +64,8 @@ class TrainConfig:
                     "save_every", "log_every", "eval_batches")
         problems += [f"{name} must be >= 1" for name in positive if getattr(self, name) < 1]
         if self.ahead + 1 > self.seq_len:
-            problems.append(f"ahead {self.ahead} leaves no context in a sequence of {self.seq_len}")
+            problems.append(f"ahead {self.ahead} leaves no context in a sequence of {self.seq_len}; lower --ahead "
+                            "or raise --seq-len")
         elif self.points > self.seq_len - self.ahead:
             problems.append(
                 f"{self.points} points with {self.ahead} ahead tokens do not fit a sequence of {self.seq_len}; "

@@ -98,6 +98,9 @@ class Coprocessor(nn.Module):
     def __init__(self, base: Decoder, config: CoprocessorConfig, seed: int = 0) -> None:
         super().__init__()
         self.config = config
+        if config.num_latents > base.config.vocab_size:
+            raise ValueError(f"{config.num_latents} latents exceed the vocabulary ({base.config.vocab_size} tokens) "
+                             "that seeds the soft tokens")
         generator = torch.Generator().manual_seed(seed)
         token_ids = torch.randperm(base.config.vocab_size, generator=generator)[: config.num_latents]
         self.soft_tokens = nn.Parameter(base.embed(token_ids).detach().clone().float())

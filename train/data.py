@@ -266,7 +266,7 @@ def _decode(data: bytes, where: str) -> str:
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); convert it to UTF-8 or leave it out "
-            "with exclude"
+            "of the data"
         ) from exc
 
 
@@ -487,7 +487,8 @@ def _check_counts(config: CorpusConfig, tally: _Tally, splits: dict[str, dict]) 
         )
     if sum(split["num_documents"] for split in splits.values()) == 0:
         reason = f"{len(tally.excluded)} match exclude patterns and {tally.blank} are blank"
-        raise DataError(f"{names}: none of the {tally.documents} documents is left to tokenize ({reason})")
+        raise DataError(f"{names}: none of the {tally.documents} documents is left to tokenize ({reason}); "
+                        "add text or pass other sources")
     if tally.content_tokens == 0:
         raise DataError(
             f"{names}: the documents tokenize to zero tokens with {config.tokenizer_path}; is it the right tokenizer?"
@@ -496,8 +497,8 @@ def _check_counts(config: CorpusConfig, tally: _Tally, splits: dict[str, dict]) 
     if splits[needed]["num_sequences"] == 0:
         hint = "lower seq_len" if config.eval_only else "add text, lower seq_len, or send less to validation"
         raise DataError(
-            f"{names}: the {needed} split has {splits[needed]['num_tokens']} tokens, fewer than one sequence of "
-            f"seq_len={config.seq_len}; {hint}"
+            f"{names}: the {needed} split has {splits[needed]['num_tokens']} tokens ({splits[needed]['num_documents']} "
+            f"of {tally.documents} documents), fewer than one sequence of seq_len={config.seq_len}; {hint}"
         )
 
 

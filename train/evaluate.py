@@ -8,6 +8,10 @@ Position 1 is the token right after the latents, position 32 the one predicted a
 Controls come from the same code: no coprocessor is the frozen base itself (relative change 0); the Pause
 control is a ``Coprocessor`` built with ``pause=True``; ``shuffle_latents`` hands every sequence the latents
 of its neighbour in the batch, so a gain that survives it is not about *this* context (paper notes, 16c).
+
+Packed text (documents joined by EOS): with ``eos_id`` set, both passes read the context within the target's
+document only, exactly as training does with ``document_masking``; the baseline never sees more than the
+augmented model.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from latentcache.errors import LatentcacheError
 from latentcache.model import Decoder
 from latentcache.train.coprocessor import Coprocessor
 from latentcache.train.layout import sample_points
-from latentcache.train.objective import augmented_predictions, baseline_logprobs
+from latentcache.train.objective import augmented_predictions, baseline_logprobs, check_positions, document_ids
 
 POSITIONS = (1, 2, 4, 8, 16, 32)
 
@@ -37,6 +41,7 @@ class PerplexityConfig:
     points: int | None = 16  # augmentation points per sequence (N_P)
     seed: int = 0  # seeds the point sampler: equal seeds on equal data give equal targets
     shuffle_latents: bool = False  # the shuffled-latents control (needs batches of >= 2 sequences)
+    eos_id: int | None = None  # packed documents: no pass reads across this token (None: whole sequences)
 
     def __post_init__(self) -> None:
         positions = tuple(int(p) for p in self.positions)
@@ -99,14 +104,16 @@ def roll_latents(latents: torch.Tensor) -> torch.Tensor:
     return latents.roll(1, dims=0)
 
 
-def _check_batch(tokens: torch.Tensor, config: PerplexityConfig) -> None:
+def _check_batch(tokens: torch.Tensor, config: PerplexityConfig, base: Decoder, num_latents: int) -> None:
     if tokens.dim() != 2 or tokens.is_floating_point() or tokens.is_complex():
         raise LatentcacheError(f"validation batches must be integer token ids [batch, length], got "
                                f"{tuple(tokens.shape)} {tokens.dtype}")
+    check_positions(base.config, tokens.shape[1], num_latents, "use shorter validation sequences")
     needed = (config.points or 1) + config.ahead
     if tokens.shape[1] < needed:
         raise LatentcacheError(f"validation sequences of {tokens.shape[1]} tokens are too short for "
-                               f"{config.points or 1} points and position {config.ahead}; need at least {needed}")
+                               f"{config.points or 1} points and position {config.ahead}; need at least {needed} "
+                               "(raise --seq-len or lower --points)")
     if config.shuffle_latents and tokens.shape[0] < 2:
         raise LatentcacheError("shuffled latents need batches of at least 2 sequences; raise the eval batch size")
 
@@ -135,18 +142,20 @@ def evaluate_perplexity(
     base_nll = torch.zeros(len(config.positions), dtype=torch.float64)
     aug_nll = torch.zeros_like(base_nll)
     targets, count = 0, 0
+    num_latents = coprocessor.config.num_latents if coprocessor is not None else 1  # 1: the baseline's last slot
     for tokens in sequences:
-        _check_batch(tokens, config)
+        _check_batch(tokens, config, base, num_latents)
         batch, length = tokens.shape
         n_points = config.points or length - config.ahead
         points = sample_points(batch, length, n_points, config.ahead, generator).to(device)
         tokens = tokens.to(device, torch.long)
-        baseline = baseline_logprobs(base, tokens, points, config.ahead)
+        docs = document_ids(tokens, config.eos_id)
+        baseline = baseline_logprobs(base, tokens, points, config.ahead, docs)
         base_nll += _nll_by_offset(baseline, config.positions)
         if coprocessor is None:
             aug_nll += _nll_by_offset(baseline, config.positions)
         else:
-            augmented = augmented_predictions(base, coprocessor, tokens, points, config.ahead,
+            augmented = augmented_predictions(base, coprocessor, tokens, points, config.ahead, docs,
                                               latents_transform=transform).target_logprobs
             aug_nll += _nll_by_offset(augmented, config.positions)
         targets += batch * n_points

@@ -8,6 +8,12 @@ Original tokens never see latents, so splitting the paper's single extended-sequ
 changes nothing but saves recomputing the originals. The loss is the mean cross-entropy of the N_A
 predictions per group: the last latent predicts ``x[p+1]``, ahead input ``x[p+k]`` predicts ``x[p+k+1]``
 (the N_A-th ahead token is never an input: its prediction would not be a target).
+
+Packed documents (``document_ids``): no token reads across an end-of-sequence boundary. Soft tokens and
+latents belong to ``p``'s document; an ahead token past an EOS belongs to the next one, so it sees neither
+``p``'s context nor the latents, only the earlier ahead tokens of its own document. Every target is then
+predicted from exactly the context the frozen base gets in ``baseline_logprobs`` with the same ids, plus the
+latents when the predicting slot is in ``p``'s document.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from latentcache.model import Decoder, KVCache
+from latentcache.errors import LatentcacheError
+from latentcache.model import Decoder, KVCache, ModelConfig
 from latentcache.model.masks import causal_mask
 from latentcache.train.coprocessor import Coprocessor
 from latentcache.train.layout import group_mask, group_positions
@@ -34,16 +41,45 @@ class GroupPredictions:
         return -self.target_logprobs.mean()
 
 
+def document_ids(tokens: torch.Tensor, eos_id: int | None) -> torch.Tensor | None:
+    """Per-token document index in a packed sequence: an end-of-sequence token closes its document."""
+    if eos_id is None:
+        return None
+    is_eos = (tokens == eos_id).long()
+    return is_eos.cumsum(-1) - is_eos
+
+
+def check_positions(config: ModelConfig, seq_len: int, num_latents: int, fix: str) -> None:
+    """Refuse sequences whose groups would take positions the base has no rotary range for (``fix`` says how).
+
+    The last group sits at ``p = seq_len - 1 - N_A`` and its members take ``p + 1 .. p + N_L + N_A - 1``, so the
+    highest position is ``seq_len + N_L - 2`` whatever N_A is (ahead tokens are part of the sequence).
+    """
+    highest = seq_len + num_latents - 2
+    if highest >= config.max_position_embeddings:
+        raise LatentcacheError(
+            f"sequences of {seq_len} tokens plus {num_latents} latents need positions up to {highest}, beyond the "
+            f"base's {config.max_position_embeddings} (max_position_embeddings); {fix}"
+        )
+
+
+def causal_document_mask(tokens: torch.Tensor, document_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The base's own mask over ``tokens [batch, L]``: causal, and within each token's document when given."""
+    length = tokens.shape[1]
+    mask = causal_mask(torch.ones_like(tokens, dtype=torch.bool), torch.arange(length, device=tokens.device))
+    if document_ids is not None:
+        mask &= document_ids[:, :, None] == document_ids[:, None, :]
+    return mask
+
+
 def base_cache_for(base: Decoder, tokens: torch.Tensor, document_ids: torch.Tensor | None = None) -> KVCache:
     """Run the frozen base over ``tokens [batch, L]`` and return its filled cache (no autograd)."""
     batch, length = tokens.shape
     cache = KVCache(base.config, batch, length, base.embed_tokens.weight.dtype, tokens.device)
-    mask = causal_mask(torch.ones_like(tokens, dtype=torch.bool), torch.arange(length, device=tokens.device))
-    if document_ids is not None:
-        mask &= document_ids[:, :, None] == document_ids[:, None, :]
     positions = torch.arange(length, device=tokens.device).expand(batch, -1)
     with torch.no_grad():
-        base(tokens, position_ids=positions, attention_mask=mask, cache=cache, write_index=0)
+        base(tokens, position_ids=positions, attention_mask=causal_document_mask(tokens, document_ids), cache=cache,
+             write_index=0)
     return cache
 
 
@@ -71,11 +107,23 @@ def predict_groups(
     inputs, targets = ahead_inputs(tokens, points, ahead)
     embeds = torch.cat((latents.view(batch, n_points, n_latents, -1), base.embed(inputs)), dim=2).flatten(1, 2)
     mask = group_mask(points, cache.max_seq, group_len, document_ids)  # the cache may be a cropped context
+    if document_ids is not None:
+        members = _member_documents(document_ids, points, n_latents, ahead)  # [B, Q]
+        keys = torch.cat((document_ids, members), dim=1)
+        mask &= members[:, :, None] == keys[:, None, :]
     hidden = base(inputs_embeds=embeds, position_ids=group_positions(points, group_len), attention_mask=mask,
                   prefix=cache)
     predicting = hidden.view(batch, n_points, group_len, -1)[:, :, n_latents - 1 :]  # [B, P, ahead, H]
     logprobs = F.log_softmax(base.logits(predicting).float(), dim=-1)
     return GroupPredictions(logprobs.gather(-1, targets[..., None]).squeeze(-1), points)
+
+
+def _member_documents(document_ids: torch.Tensor, points: torch.Tensor, n_latents: int, ahead: int) -> torch.Tensor:
+    """Document of every group member ``[B, n_points * group_len]``: the latents are ``p``'s, ahead input
+    ``x[p+j]`` is its own."""
+    offsets = torch.cat((torch.zeros(n_latents, dtype=torch.long, device=points.device),
+                         torch.arange(1, ahead, device=points.device)))
+    return document_ids.gather(1, (points[:, :, None] + offsets).flatten(1))
 
 
 def augmented_predictions(
@@ -98,11 +146,15 @@ def augmented_predictions(
     return predict_groups(base, latents, cache, tokens, points, ahead, document_ids)
 
 
-def baseline_logprobs(base: Decoder, tokens: torch.Tensor, points: torch.Tensor, ahead: int) -> torch.Tensor:
-    """The frozen base's log-probs of the same targets without augmentation, ``[B, P, ahead]``."""
+def baseline_logprobs(base: Decoder, tokens: torch.Tensor, points: torch.Tensor, ahead: int,
+                      document_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The frozen base's log-probs of the same targets without augmentation, ``[B, P, ahead]``.
+
+    Pass the ``document_ids`` the augmented pass got: both then read the same context (within the document).
+    """
     batch, length = tokens.shape
     positions = torch.arange(length, device=tokens.device).expand(batch, -1)
-    mask = causal_mask(torch.ones_like(tokens, dtype=torch.bool), torch.arange(length, device=tokens.device))
+    mask = causal_document_mask(tokens, document_ids)
     with torch.no_grad():
         logprobs = F.log_softmax(base.logits(base(tokens, position_ids=positions, attention_mask=mask)).float(), -1)
     _, targets = ahead_inputs(tokens, points, ahead)

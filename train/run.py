@@ -22,29 +22,41 @@ def prepare_training_data(config: TrainConfig, eos_id: int | None):
 
 
 def run_training(config: TrainConfig, resume: bool) -> Path:
-    """Train (or resume) a coprocessor; returns the checkpoint directory."""
+    """Train (or resume) a coprocessor; returns the checkpoint directory. Under torchrun, rank 0 tokenizes
+    the corpus first and the other ranks then read its cache."""
     from latentcache.model.loading import read_model_config
-    from latentcache.train.trainer import CHECKPOINT_DIR, Trainer
+    from latentcache.train.trainer import CHECKPOINT_DIR, Distributed, Trainer, check_against_base, resolve_device
 
     model_config = read_model_config(config.base)
-    eos_id = model_config.eos_token_ids[0] if model_config.eos_token_ids else None
-    splits, fingerprint = prepare_training_data(config, eos_id)
-    trainer = Trainer(config, splits["train"], splits["validation"], fingerprint)
-    trainer.setup(resume)
-    trainer.train()
+    check_against_base(config, model_config)  # before minutes of tokenizing
+    eos_id = _eos_id(model_config)
+    dist = Distributed(resolve_device(config.device))
+    try:
+        with dist.main_first():
+            splits, fingerprint = prepare_training_data(config, eos_id)
+        trainer = Trainer(config, splits["train"], splits["validation"], fingerprint)
+        trainer.setup(resume)
+        trainer.train()
+    finally:
+        dist.close()
     return Path(config.out) / CHECKPOINT_DIR
 
 
-def _validation_sets(base: Path, data: tuple[str, ...], seq_len: int) -> dict:
+def _eos_id(model_config) -> int | None:
+    """The token that ends each packed document: the base's first EOS (what training masks documents by)."""
+    return model_config.eos_token_ids[0] if model_config.eos_token_ids else None
+
+
+def _validation_sets(base: Path, data: tuple[str, ...], seq_len: int, eos_id: int | None) -> dict:
     """Named validation sets: the given files, or held-out Gutenberg books plus WikiText-2 test."""
     from latentcache.train import data as corpora
 
     if data:
-        return {Path(p).name: corpora.load_eval_text(p, base, seq_len) for p in data}
-    gutenberg = corpora.prepare_corpus(tokenizer_path=base, seq_len=seq_len,
+        return {Path(p).name: corpora.load_eval_text(p, base, seq_len, eos_id=eos_id) for p in data}
+    gutenberg = corpora.prepare_corpus(tokenizer_path=base, seq_len=seq_len, eos_id=eos_id,
                                        **corpora.default_gutenberg_sources().as_kwargs())
     return {"gutenberg-heldout": gutenberg["validation"],
-            "wikitext2-test": corpora.load_eval_text(corpora.wikitext_test_path(), base, seq_len)}
+            "wikitext2-test": corpora.load_eval_text(corpora.wikitext_test_path(), base, seq_len, eos_id=eos_id)}
 
 
 def run_evaluation(base: Path, coprocessors: tuple[Path, ...], data: tuple[str, ...], json_out: Path,
@@ -65,17 +77,19 @@ def run_evaluation(base: Path, coprocessors: tuple[Path, ...], data: tuple[str, 
         plot_relative_change
 
     decoder = load_decoder(base)
+    eos_id = _eos_id(decoder.config)
     runs = {"no-augmentation": None}
     for directory in coprocessors:
-        runs[Path(directory).parent.name or str(directory)] = load_coprocessor(directory, base, decoder)[1]
+        name = Path(directory).parent.name
+        runs[name if name and name not in runs else str(directory)] = load_coprocessor(directory, base, decoder)[1]
     report: dict = {"perplexity": {}, "benchmarks": {}}
     markdown = []
-    for set_name, dataset in _validation_sets(Path(base), data, seq_len).items():
+    for set_name, dataset in _validation_sets(Path(base), data, seq_len, eos_id).items():
         results = {}
         for name, coprocessor in runs.items():
             variants = [(name, False)] + ([(f"{name} (shuffled latents)", True)] if shuffled and coprocessor else [])
             for label, shuffle in variants:
-                config = PerplexityConfig(points=points, shuffle_latents=shuffle)
+                config = PerplexityConfig(points=points, shuffle_latents=shuffle, eos_id=eos_id)
                 batches = (torch.from_numpy(rows) for rows in leading_batches(dataset, sequences, batch_size))
                 results[label] = evaluate_perplexity(decoder, coprocessor, batches, config)
         report["perplexity"][set_name] = {label: r.to_dict() for label, r in results.items()}

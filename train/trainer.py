@@ -1,8 +1,14 @@
 """The training recipe: setup, train, validate, checkpoint, resume. Runs as is under ``torchrun`` (DDP).
 
-Determinism is by construction, not by saved RNG state: micro-batch ``c`` of rank ``r`` always takes the
-same sequences (a seeded permutation per epoch) and the same augmentation points (a generator seeded by
-``(seed, c, r)``), so a resumed run replays exactly what an uninterrupted one would have done.
+Determinism is by construction, not by saved RNG state: global micro-batch ``c`` always takes the same
+sequences (a seeded permutation per epoch) and the same augmentation points (a generator seeded by
+``(seed, c)``), so a resumed run replays exactly what an uninterrupted one would have done.
+
+Under DDP ``batch_size`` is per rank: the global micro-batch holds ``batch_size * world`` sequences and rank
+``r`` takes its rows ``r, r + world, ...`` together with their points. Ranks therefore see disjoint sequences,
+and since DDP averages equal-sized ranks' mean losses, a run on ``world`` ranks computes the same update as one
+process with ``batch_size * world`` (up to floating-point summation order). Validation is split the same way.
+Only rank 0 writes (checkpoint, metrics, log lines).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,15 +27,16 @@ import numpy as np
 import torch
 
 from latentcache.errors import CheckpointError, LatentcacheError
-from latentcache.model import load_decoder
+from latentcache.model import ModelConfig, load_decoder
 from latentcache.train import checkpoint as ckpt
-from latentcache.train.config import TrainConfig
+from latentcache.train.config import ConfigError, TrainConfig
 from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig
-from latentcache.train.data import leading_batches, shard_indices, stack_rows
+from latentcache.train.data import sequence_order, stack_rows
 from latentcache.train.layout import sample_points
-from latentcache.train.objective import augmented_predictions, baseline_logprobs
+from latentcache.train.objective import augmented_predictions, baseline_logprobs, check_positions, document_ids
 
 CHECKPOINT_DIR, METRICS_FILE = "checkpoint", "metrics.jsonl"
+VALIDATION_STREAM = 10**9  # seeds the validation points; beyond any micro-batch counter
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -41,12 +48,21 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def document_ids(tokens: torch.Tensor, eos_id: int | None) -> torch.Tensor | None:
-    """Per-token document index in a packed sequence: an end-of-sequence token closes its document."""
-    if eos_id is None:
-        return None
-    is_eos = (tokens == eos_id).long()
-    return is_eos.cumsum(-1) - is_eos
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when there is one; under torchrun each rank takes the GPU of its ``LOCAL_RANK``."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+def check_against_base(config: TrainConfig, base: ModelConfig) -> None:
+    """What the config alone cannot know: whether N_L and the sequence length fit this base."""
+    if config.latents > base.vocab_size:
+        raise ConfigError(f"--latents {config.latents} exceeds the base's vocabulary of {base.vocab_size} tokens "
+                          "(soft tokens start as embeddings of distinct tokens); lower --latents")
+    check_positions(base, config.seq_len, config.latents, "lower --seq-len or --latents")
 
 
 class Distributed:
@@ -55,19 +71,46 @@ class Distributed:
     def __init__(self, device: torch.device) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        if self.world > 1 and not torch.distributed.is_initialized():
+        self.owner = self.world > 1 and not torch.distributed.is_initialized()
+        if self.owner:
             torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        self.device = device
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
-    def mean(self, value: float, device: torch.device) -> float:
+    def mine(self, rows):
+        """This rank's rows of a global batch: ``rank, rank + world, ...``."""
+        return rows[self.rank :: self.world]
+
+    def sum(self, values: Sequence[float]) -> list[float]:
         if self.world == 1:
-            return value
-        tensor = torch.tensor([value], device=device, dtype=torch.float64)
+            return list(values)
+        tensor = torch.tensor(values, device=self.device, dtype=torch.float64)
         torch.distributed.all_reduce(tensor)
-        return tensor.item() / self.world
+        return tensor.tolist()
+
+    def mean(self, value: float) -> float:
+        return self.sum([value])[0] / self.world
+
+    @contextmanager
+    def main_first(self):
+        """Rank 0 runs the block first (e.g. builds a shared cache), then the others (which find it built).
+
+        A failure on rank 0 still releases the others; they meet the same error themselves.
+        """
+        if not self.main:
+            torch.distributed.barrier()
+        try:
+            yield
+        finally:
+            if self.main and self.world > 1:
+                torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.owner and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 class Trainer:
@@ -81,15 +124,12 @@ class Trainer:
     # ---- setup -------------------------------------------------------------------------------------------
     def setup(self, resume: bool) -> None:
         cfg = self.config
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
-                                   else cfg.device)
+        self.device = resolve_device(cfg.device)
         self.dist = Distributed(self.device)
-        if self.dist.world > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(self.device)
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         base_dtype = torch.bfloat16 if self.bf16 else torch.float32
         self.base = load_decoder(cfg.base, dtype=base_dtype, device=self.device)
+        check_against_base(cfg, self.base.config)
         self.eos_id = self.base.config.eos_token_ids[0] if self.base.config.eos_token_ids else None
         coprocessor_config = CoprocessorConfig(cfg.latents, cfg.init, cfg.lora_rank, pause=cfg.pause)
         self.coprocessor = Coprocessor(self.base, coprocessor_config, seed=cfg.seed).to(self.device).float()
@@ -103,24 +143,36 @@ class Trainer:
             self._log("warning: the validation split is empty; no validation metrics (raise val_fraction)")
         self.fingerprints = {"base": ckpt.base_fingerprint(Path(cfg.base)),
                              "tokenizer": ckpt.tokenizer_fingerprint(Path(cfg.base)), "data": self.data_fingerprint}
+        directory = self.out / CHECKPOINT_DIR
         if resume:
-            self._resume()
-        elif (self.out / CHECKPOINT_DIR).exists():
-            raise LatentcacheError(f"{self.out / CHECKPOINT_DIR}: a checkpoint exists; pass --resume to continue it "
+            self._resume(directory)
+        elif ckpt.checkpoint_exists(directory):
+            raise LatentcacheError(f"{directory}: a checkpoint exists; pass --resume to continue it "
                                    "or choose another --out")
 
-    def _resume(self) -> None:
-        directory = self.out / CHECKPOINT_DIR
+    def _resume(self, directory: Path) -> None:
+        if not ckpt.checkpoint_exists(directory):
+            raise CheckpointError(f"{directory}: no checkpoint to resume; drop --resume to start a new run")
         state = ckpt.load_state(directory)
-        saved_config = TrainConfig(**{**state["train_config"], "data": tuple(state["train_config"]["data"])})
+        saved = state["train_config"]
+        try:
+            saved_config = TrainConfig(**{**saved, "data": tuple(saved["data"])})
+        except (TypeError, LatentcacheError) as exc:
+            raise CheckpointError(f"{directory}: its training config does not load here ({exc}); it was written "
+                                  "by another version, start a new --out") from exc
         changed = self.config.diff(saved_config)
         if changed:
-            raise CheckpointError(f"{directory}: cannot resume with a changed config ({', '.join(changed)} differ); "
+            now = self.config.to_dict()
+            details = ", ".join(f"{key} {now[key]!r} (was {saved[key]!r})" for key in changed)
+            raise CheckpointError(f"{directory}: cannot resume with a changed config ({details}); "
                                   "restore them or start a new --out")
+        base = self.config.base
+        other = {"base": f"another base than {base}", "tokenizer": f"another tokenizer than {base}'s",
+                 "data": "other data (the --data files or their contents changed)"}
         for kind, value in self.fingerprints.items():
             if state["fingerprints"].get(kind) != value:
-                raise CheckpointError(f"{directory}: was trained on another {kind} (fingerprint mismatch); "
-                                      f"resume with the same --base and --data")
+                raise CheckpointError(f"{directory}: was trained on {other[kind]} (fingerprint mismatch); "
+                                      "resume with the same --base and --data")
         ckpt.restore_trainable(self.trainable, ckpt.load_tensors(directory), directory)
         ckpt.restore_optimizer(self.optimizer, self.trainable, ckpt.load_tensors(directory, ckpt.OPTIMIZER),
                                state["step"])
@@ -129,29 +181,37 @@ class Trainer:
         self._log(f"resumed from step {self.step}")
 
     # ---- data --------------------------------------------------------------------------------------------
-    def _micro_batch(self, counter: int) -> torch.Tensor:
-        """Sequences of micro-batch ``counter`` for this rank (a fixed function of the counter)."""
-        cfg, dist = self.config, self.dist
-        per_epoch = (len(self.train_data) // dist.world) // cfg.batch_size
+    def _global_size(self) -> int:
+        return self.config.batch_size * self.dist.world
+
+    def _micro_batch(self, counter: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's sequences and points of global micro-batch ``counter`` (a fixed function of the counter)."""
+        cfg, size = self.config, self._global_size()
+        per_epoch = len(self.train_data) // size
         if per_epoch == 0:
             raise LatentcacheError(f"the training split has {len(self.train_data)} sequences, fewer than one batch "
-                                   f"of {cfg.batch_size} per rank; lower --batch-size or add text")
+                                   f"of {cfg.batch_size} per rank on {self.dist.world} rank(s); lower --batch-size "
+                                   "or add text")
         epoch, index = divmod(counter, per_epoch)
-        shard = shard_indices(len(self.train_data), dist.rank, dist.world, cfg.seed, epoch)
-        return torch.from_numpy(stack_rows(self.train_data, shard[index * cfg.batch_size : (index + 1) * cfg.batch_size]))
+        rows = sequence_order(len(self.train_data), cfg.seed, epoch)[index * size : (index + 1) * size]
+        tokens = torch.from_numpy(stack_rows(self.train_data, self.dist.mine(rows)))
+        return tokens, self.dist.mine(self._points(size, [cfg.seed, counter]))
 
-    def _points(self, tokens: torch.Tensor, seed_parts: list[int]) -> torch.Tensor:
+    def _points(self, rows: int, seed_parts: list[int]) -> torch.Tensor:
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seed_parts).generate_state(1)[0]))
-        return sample_points(tokens.shape[0], tokens.shape[1], self.config.points, self.config.ahead, generator)
+        return sample_points(rows, self.config.seq_len, self.config.points, self.config.ahead, generator)
 
     # ---- training ----------------------------------------------------------------------------------------
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
+    def _documents(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        return document_ids(tokens, self.eos_id) if self.config.document_masking else None
+
     def _loss(self, tokens: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        docs = document_ids(tokens, self.eos_id) if self.config.document_masking else None
         with self._autocast():
-            return augmented_predictions(self.base, self.model, tokens, points, self.config.ahead, docs).loss()
+            return augmented_predictions(self.base, self.model, tokens, points, self.config.ahead,
+                                         self._documents(tokens)).loss()
 
     def train_step(self) -> dict:
         cfg = self.config
@@ -159,9 +219,7 @@ class Trainer:
             group["lr"] = learning_rate(self.step, cfg)
         total = 0.0
         for micro in range(cfg.grad_accum):
-            counter = self.step * cfg.grad_accum + micro
-            tokens = self._micro_batch(counter).to(self.device)
-            points = self._points(tokens, [cfg.seed, counter, self.dist.rank]).to(self.device)
+            tokens, points = (t.to(self.device) for t in self._micro_batch(self.step * cfg.grad_accum + micro))
             sync = nullcontext() if micro == cfg.grad_accum - 1 or self.dist.world == 1 else self.model.no_sync()
             with sync:
                 loss = self._loss(tokens, points) / cfg.grad_accum
@@ -171,24 +229,30 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {"step": self.step, "loss": self.dist.mean(total, self.device), "lr": learning_rate(self.step - 1, cfg),
+        return {"step": self.step, "loss": self.dist.mean(total), "lr": learning_rate(self.step - 1, cfg),
                 "grad_norm": float(norm)}
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Augmented vs frozen-base loss on the same ahead targets of fixed validation sequences and points."""
+        """Augmented vs frozen-base loss on the same ahead targets (and the same document-masked context) of
+        the first ``eval_batches`` global batches of validation sequences, at fixed points."""
         cfg = self.config
-        if len(self.val_data) == 0:
+        count = min(cfg.eval_batches * self._global_size(), len(self.val_data))
+        if count == 0:
             return {}
-        augmented, baseline = [], []
-        batches = leading_batches(self.val_data, cfg.eval_batches * cfg.batch_size, cfg.batch_size)
-        for number, rows in enumerate(batches):
-            tokens = torch.from_numpy(rows).to(self.device)
-            points = self._points(tokens, [cfg.seed, 10**9 + number * cfg.batch_size]).to(self.device)
-            augmented.append(self._loss(tokens, points).item())
-            with self._autocast():
-                baseline.append(-baseline_logprobs(self.base, tokens, points, cfg.ahead).mean().item())
-        aug, base = float(np.mean(augmented)), float(np.mean(baseline))
+        all_points = self._points(count, [cfg.seed, VALIDATION_STREAM])
+        mine = self.dist.mine(np.arange(count))
+        sums = [0.0, 0.0]  # per-sequence mean losses, augmented and baseline
+        for start in range(0, len(mine), cfg.batch_size):
+            rows = mine[start : start + cfg.batch_size]
+            tokens = torch.from_numpy(stack_rows(self.val_data, rows)).to(self.device)
+            points, docs = all_points[torch.from_numpy(rows)].to(self.device), self._documents(tokens)
+            with self._autocast():  # the bare coprocessor: DDP's forward would sync ranks on every batch
+                augmented = augmented_predictions(self.base, self.coprocessor, tokens, points, cfg.ahead, docs)
+                baseline = baseline_logprobs(self.base, tokens, points, cfg.ahead, docs)
+            sums[0] -= augmented.target_logprobs.float().mean(dim=(1, 2)).sum().item()
+            sums[1] -= baseline.float().mean(dim=(1, 2)).sum().item()
+        aug, base = (total / count for total in self.dist.sum(sums))
         return {"val_loss": aug, "val_base_loss": base, "val_delta": aug - base}
 
     def train(self) -> dict:
@@ -199,6 +263,9 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.dist.main, file=sys.stderr,
                    desc="train", dynamic_ncols=True)
         metrics: dict = {}
+        if self.step >= cfg.max_steps:
+            self._log(f"the checkpoint is at step {self.step}, max_steps is {cfg.max_steps}: nothing to train; "
+                      "raise --max-steps to continue")
         started, steps_timed = time.perf_counter(), 0
         try:
             while self.step < cfg.max_steps:

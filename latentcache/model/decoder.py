@@ -56,15 +56,23 @@ class KVCache:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm with the reduction in fp32. ``gemma`` style scales by ``1 + w`` before casting back."""
+    """RMSNorm with the reduction in fp32. ``gemma`` style scales by ``1 + w`` before casting back.
+
+    ``divide`` (exported graphs) computes ``x / sqrt(ms + eps)`` instead of transformers' ``x * rsqrt(..)``:
+    the same value to within rounding, in the pattern ONNX Runtime fuses into one SimplifiedLayerNormalization.
+    """
 
     def __init__(self, dim: int, eps: float, style: str) -> None:
         super().__init__()
-        self.eps, self.gemma = eps, style == "gemma"
+        self.eps, self.gemma, self.divide = eps, style == "gemma", False
         self.weight = nn.Parameter(torch.zeros(dim) if self.gemma else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        mean_square = x.float().pow(2).mean(-1, keepdim=True) + self.eps
+        if self.divide:
+            normed = x.float() / torch.sqrt(mean_square)
+        else:
+            normed = x.float() * torch.rsqrt(mean_square)
         if self.gemma:
             return (normed * (1.0 + self.weight.float())).to(x.dtype)
         return self.weight * normed.to(x.dtype)
@@ -114,7 +122,7 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.config, self.layer = config, layer
-        self.explicit = False  # set by Decoder.use_explicit_attention (exported graphs)
+        self.explicit = False  # set by Decoder.use_graph_forms (exported graphs)
         hidden, heads, kv_heads, head_dim = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
         self.q_proj = nn.Linear(hidden, heads * head_dim, bias=config.qkv_bias)
         self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=config.qkv_bias)
@@ -272,10 +280,13 @@ class Decoder(nn.Module):
             x = layer(x, ropes[kind], masks[kind], cache, write_index, prefix)
         return self.norm(x)
 
-    def use_explicit_attention(self, explicit: bool = True) -> "Decoder":
-        """Route attention through ``explicit_attention`` (ONNX export) instead of SDPA."""
+    def use_graph_forms(self, enable: bool = True) -> "Decoder":
+        """Graph-friendly forms for export: ``explicit_attention`` instead of SDPA, dividing RMSNorms."""
         for layer in self.layers:
-            layer.self_attn.explicit = explicit
+            layer.self_attn.explicit = enable
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.divide = enable
         return self
 
     def _masks_by_layer_type(self, mask, query_positions, key_positions) -> dict[str, torch.Tensor]:

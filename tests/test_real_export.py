@@ -1,0 +1,75 @@
+"""SmolLM2-135M-Instruct exported and run on ONNX Runtime CPU against the PyTorch reference (slow)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "List three prime numbers."]
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir():
+    os.environ.setdefault("LATENTCACHE_HOME", str(Path(__file__).resolve().parents[1] / ".cache"))
+    from latentcache.registry import fetch
+
+    return fetch("smollm2-135m-instruct")
+
+
+def export(base, out, dtype):
+    from latentcache.export.onnx_export import ExportConfig, export_artifacts
+
+    return export_artifacts(ExportConfig(base=base, out=out, dtype=dtype, max_seq=256), progress=lambda m: None)
+
+
+def reference_tokens(base_dir, ids, count):
+    from latentcache.model import load_decoder
+    from latentcache.train.benchmarks import greedy_tokens, prefill
+
+    base = load_decoder(base_dir)
+    return greedy_tokens(base, prefill(base, ids, 256), count), base
+
+
+def test_fp32_greedy_64_tokens_identical_and_chat_template_matches_transformers(smollm2_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from latentcache.runtime import Pipeline
+
+    pipeline = Pipeline(export(smollm2_dir, tmp_path / "fp32", "fp32"), "onnxruntime-cpu")
+    hf_tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    for prompt in PROMPTS:
+        ids = pipeline.tokenizer.encode(prompt)
+        assert ids == list(hf_tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                            add_generation_prompt=True, return_dict=False))
+        expected, _ = reference_tokens(smollm2_dir, ids, 64)
+        tokens = [int(t[0]) for t in pipeline.generator.generate([ids], 64)]
+        assert tokens[: len(expected)] == expected
+    answer = "".join(pipeline.stream("What is the capital of France?", 32))
+    assert "Paris" in answer
+
+
+def test_fp16_logits_cosine_and_16_greedy_tokens(smollm2_dir, tmp_path):
+    from latentcache.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from latentcache.runtime.generator import Generator
+    from latentcache.runtime.manifest import load_manifest
+    from latentcache.train.benchmarks import prefill
+
+    artifacts = export(smollm2_dir, tmp_path / "fp16", "fp16")
+    generator = Generator(OnnxRuntimeBackend(artifacts, load_manifest(artifacts)))
+    from latentcache.runtime.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(artifacts, load_manifest(artifacts))
+    for prompt in PROMPTS:
+        ids = tokenizer.encode(prompt)
+        expected, base = reference_tokens(smollm2_dir, ids, 16)
+        reference_logits = base.logits(prefill(base, ids, 256).hidden)[0].numpy()
+        logits = generator.prefill([ids])[0]
+        cosine = float(logits @ reference_logits / np.linalg.norm(logits) / np.linalg.norm(reference_logits))
+        assert cosine >= 0.999, f"fp16 prefill logits cosine {cosine:.5f}"
+        tokens = [int(t[0]) for t in generator.generate([ids], 16)]
+        assert tokens[: len(expected)] == expected
