@@ -58,6 +58,7 @@ class Generator:
         longest = max(len(p) for p in prompts)
         if min(len(p) for p in prompts) == 0:
             raise LatentcacheError("a prompt is empty: pass some text")
+        self.length = 0  # a new request: the whole capacity is free again
         self._check_room(longest)
         self.backend.reset()
         self.valid[:] = 0

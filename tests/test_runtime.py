@@ -207,3 +207,11 @@ def test_subprocess_cli_run_without_torch(single):
     result = run_blocked(code)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert result.stdout.strip()
+
+
+def test_each_request_has_the_whole_capacity(exported):
+    generator = generator_for(exported)
+    longest = max(map(len, PROMPTS))
+    count = 96 - longest  # fills the cache: a second request only fits if the first one's slots are free again
+    assert len(list(generator.generate(PROMPTS, count))) == count
+    assert len(list(generator.generate(PROMPTS, count))) == count

@@ -103,6 +103,7 @@ class Coprocessor(nn.Module):
                              "that seeds the soft tokens")
         generator = torch.Generator().manual_seed(seed)
         token_ids = torch.randperm(base.config.vocab_size, generator=generator)[: config.num_latents]
+        token_ids = token_ids.to(base.embed_tokens.weight.device)
         self.soft_tokens = nn.Parameter(base.embed(token_ids).detach().clone().float())
         self.network: Decoder | None = None
         if not config.pause:

@@ -1,0 +1,673 @@
+"""TensorRT / TensorRT-RTX: every graph builds into an engine (RTX builds on the CPU), and the runtime backend's
+logic (metadata checks, profiles, in-place or ping-pong cache binding, CUDA-graphed decode) holds.
+
+No GPU here: the backend runs against a fake ``tensorrt`` module and a fake CUDA whose "kernels" are numpy
+code over host memory. The fakes enforce what real TensorRT requires (an aliased present output must be
+bound to its past input's address) and what a captured CUDA graph does (it replays with the addresses it
+was captured with).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latentcache.runtime import manifest as contract
+from latentcache.runtime.backend import BackendUnavailable
+from latentcache.runtime.backends import tensorrt as trt_backend
+from latentcache.runtime.backends.tensorrt import (
+    EngineMetadata,
+    EngineMismatch,
+    TensorRTBackend,
+    cache_bindings,
+    compute_capability_ok,
+    dynamic_ranges,
+    from_bfloat16_bits,
+    profile_shapes,
+    to_bfloat16_bits,
+)
+from tests.tiny import ARCHITECTURES
+
+FAST_ARCH = "llama-gqa-tied"
+N_LATENTS = 3
+
+
+# --- a synthetic artifacts directory (no torch) ---------------------------------------------------------
+
+
+def tensor(name, role, dtype, shape, layer=None):
+    return contract.TensorSpec(name, role, dtype, tuple(shape), layer)
+
+
+def cache_specs(layers: int, dtype: str, past: bool):
+    shape = ("batch", "kv_heads", "max_seq", "head_dim")
+    roles = (contract.PAST_KEY, contract.PAST_VALUE) if past else (contract.PRESENT_KEY, contract.PRESENT_VALUE)
+    names = ("past_key_values.{}.key", "past_key_values.{}.value") if past else ("present.{}.key", "present.{}.value")
+    return [tensor(n.format(i), r, dtype, shape, i) for i in range(layers) for r, n in zip(roles, names)]
+
+
+def synthetic_manifest(directory: Path, layers=2, max_seq=16, batch=1, coprocessor=True, kv_update="inplace"):
+    dt = "float32"
+    common = [tensor("input_ids", "input_ids", "int64", ("batch", "query")),
+              tensor("position_ids", "position_ids", "int64", ("batch", "query")),
+              tensor("write_index", "write_index", "int64", ("batch",)),
+              tensor("attention_mask", "attention_mask", "int64", ("batch", "attend")),
+              *cache_specs(layers, dt, past=True)]
+    outputs = (tensor("logits", "logits", "float32", ("batch", "vocab")), *cache_specs(layers, dt, past=False))
+    graphs = {
+        "prefill": contract.GraphSpec("prefill.onnx", (
+            *common, tensor("inputs_embeds", "inputs_embeds", dt, ("batch", "query", "hidden")),
+            tensor("embeds_mask", "embeds_mask", "int64", ("batch", "query"))), outputs),
+        "decode": contract.GraphSpec("decode.onnx", tuple(
+            contract.TensorSpec(s.name, s.role, s.dtype, tuple(1 if d == "query" else d for d in s.shape), s.layer)
+            for s in common), outputs),
+    }
+    if coprocessor:
+        graphs["coprocessor"] = contract.GraphSpec("coprocessor.onnx", (
+            tensor("position_ids", "position_ids", "int64", ("batch", N_LATENTS)),
+            tensor("attention_mask", "attention_mask", "int64", ("batch", "attend")),
+            *cache_specs(layers, dt, past=True)), (tensor("latents", "latents", dt, ("batch", N_LATENTS, "hidden")),))
+    manifest = contract.Manifest(
+        graphs=graphs, kv=contract.KVSpec(layers, 2, 4, max_seq, batch, dt), model={}, dtype=dt, kv_update=kv_update,
+        hidden_size=8, vocab_size=11, num_latents=N_LATENTS if coprocessor else 0, latent_positions="",
+        special_tokens={}, tokenizer_files=(), chat_template=None, opset=24, tool_versions={},
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / contract.MANIFEST_FILE).write_text(manifest.to_json())
+    return contract.load_manifest(directory)
+
+
+# --- fakes: a tensorrt module and CUDA over host memory --------------------------------------------------
+
+
+class FakeCuda:
+    """Device memory as bytearrays keyed by pointer; a capture records the closures enqueued on its stream,
+    and ``launch`` replays them."""
+
+    compute_capability = "8.6"
+
+    def __init__(self, device: int = 0) -> None:
+        self.memory, self.next, self.streams = {}, 1 << 12, []
+        self.recording, self.captures, self.launches = None, 0, 0
+        self.stream = self.new_stream()
+
+    def new_stream(self):
+        self.streams.append(100 + len(self.streams))
+        return self.streams[-1]
+
+    def malloc(self, nbytes):
+        pointer, self.next = self.next, self.next + int(nbytes) + 256
+        self.memory[pointer] = bytearray(int(nbytes))
+        return pointer
+
+    def free(self, pointer):
+        del self.memory[pointer]
+
+    def array(self, pointer, dtype, shape):
+        count = int(np.prod(shape))
+        return np.frombuffer(self.memory[pointer], dtype=dtype, count=count).reshape(shape)
+
+    def upload(self, pointer, array, stream):
+        self.memory[pointer][: array.nbytes] = array.tobytes()
+
+    def download(self, array, pointer, stream):
+        array[...] = self.array(pointer, array.dtype, array.shape)
+
+    def zero(self, pointer, nbytes, stream):
+        self.memory[pointer][:nbytes] = bytes(nbytes)
+
+    def synchronize(self, stream):
+        pass
+
+    def capture(self, enqueue, stream):
+        self.recording = (stream, [])
+        enqueue()
+        (_, recorded), self.recording = self.recording, None
+        self.captures += 1
+        return recorded
+
+    def launch(self, executable, stream):
+        self.launches += 1
+        for kernel in executable:
+            kernel()
+
+    def destroy(self, executable):
+        pass
+
+    def close(self):
+        pass
+
+
+class FakeEnum:
+    def __init__(self, name):
+        self.name = name
+
+
+class FakeContext:
+    """Runs the fake model: writes input ids into key rows and positions into value rows at write_index+i;
+    logits report the mask sum, the attended span the engine saw and the sum of layer 0's past keys."""
+
+    def __init__(self, engine):
+        self.engine, self.addresses, self.shapes = engine, {}, {}
+
+    def set_tensor_address(self, name, pointer):
+        self.addresses[name] = pointer
+        return True
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name):
+        m = self.engine.manifest
+        if name == "logits":
+            return (m.kv.batch, m.vocab_size)
+        if name == "latents":
+            return (m.kv.batch, N_LATENTS, m.hidden_size)
+        return self.shapes[name]
+
+    def execute_async_v3(self, stream):
+        addresses = dict(self.addresses)  # a capture bakes in the addresses bound now
+        shapes = dict(self.shapes)
+        kernel = lambda: self.engine.compute(addresses, shapes)  # noqa: E731
+        cuda = self.engine.cuda
+        if cuda.recording is not None and cuda.recording[0] == stream:
+            cuda.recording[1].append(kernel)
+        else:
+            kernel()
+        return True
+
+
+class FakeEngine:
+    def __init__(self, graph, manifest, alias, cuda):
+        self.graph, self.manifest, self.alias, self.cuda = graph, manifest, alias, cuda
+        self.spec = manifest.graphs[graph]
+        self.contexts = []
+        self.static = graph == "decode"
+
+    @property
+    def tensors(self):
+        return [*self.spec.inputs, *self.spec.outputs]
+
+    @property
+    def num_io_tensors(self):
+        return len(self.tensors)
+
+    def get_tensor_name(self, index):
+        return self.tensors[index].name
+
+    def get_tensor_mode(self, name):
+        inputs = {s.name for s in self.spec.inputs}
+        return FakeTRT.TensorIOMode.INPUT if name in inputs else FakeTRT.TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name):
+        spec = next(s for s in self.tensors if s.name == name)
+        return FakeEnum({v: k for k, v in trt_backend.DTYPE_NAMES.items()}[spec.dtype])
+
+    def get_tensor_shape(self, name):
+        spec = next(s for s in self.tensors if s.name == name)
+        return tuple(-1 if d in ("query", "attend") else trt_backend.named_sizes(self.manifest).get(d, d)
+                     for d in spec.shape)
+
+    def get_aliased_input_tensor(self, name):
+        if not self.alias or not name.startswith("present."):
+            return None
+        return name.replace("present.", "past_key_values.")
+
+    def create_execution_context(self, *args):
+        context = FakeContext(self)
+        self.contexts.append(context)
+        return context
+
+    def compute(self, addresses, shapes):
+        m, cuda = self.manifest, self.cuda
+        ids_shape = shapes.get("input_ids") or shapes["position_ids"]
+        batch, rows = ids_shape
+        attend = shapes["attention_mask"][1]
+        mask = cuda.array(addresses["attention_mask"], np.int64, (batch, attend))
+        kv = m.kv.shape()
+        past_sum = cuda.array(addresses["past_key_values.0.key"], np.float32, kv).sum()
+        if self.graph == "coprocessor":
+            latents = cuda.array(addresses["latents"], np.float32, (batch, N_LATENTS, m.hidden_size))
+            latents[...] = mask.sum() + past_sum
+            return
+        ids = cuda.array(addresses["input_ids"], np.int64, (batch, rows))
+        positions = cuda.array(addresses["position_ids"], np.int64, (batch, rows))
+        index = cuda.array(addresses["write_index"], np.int64, (batch,))
+        for layer, (key, value) in enumerate(self.spec.cache_pairs(past=True)):
+            for past, new_rows, out in ((key, ids, f"present.{layer}.key"),
+                                        (value, positions, f"present.{layer}.value")):
+                if self.alias:
+                    assert addresses[out] == addresses[past.name], "KVCacheUpdate requires present aliased to past"
+                else:
+                    assert addresses[out] != addresses[past.name], "a non-aliased engine must not write its input"
+                    cuda.array(addresses[out], np.float32, kv)[...] = cuda.array(addresses[past.name], np.float32, kv)
+                present = cuda.array(addresses[out], np.float32, kv)
+                for b in range(batch):
+                    present[b, :, index[b] : index[b] + rows, :] = new_rows[b, :, None]
+        logits = cuda.array(addresses["logits"], np.float32, (batch, m.vocab_size))
+        logits[...] = 0
+        logits[:, 0], logits[:, 1], logits[:, 2] = mask.sum(1), attend, past_sum
+
+
+class FakeTRT:
+    """Just enough of the ``tensorrt`` module for ``TensorRTBackend``."""
+
+    __version__ = "10.99.0.1"
+
+    class TensorIOMode:
+        INPUT, OUTPUT = "input", "output"
+
+    class ILogger:
+        class Severity:
+            ERROR, INTERNAL_ERROR, WARNING = "error", "internal", "warning"
+
+        def __init__(self):
+            pass
+
+    def __init__(self, manifest, alias, cuda):
+        self.manifest, self.alias, self.cuda, self.engines = manifest, alias, cuda, {}
+        trt = self
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, data):
+                graph = bytes(data).decode().split(":")[1]
+                trt.engines[graph] = FakeEngine(graph, trt.manifest, trt.alias, trt.cuda)
+                return trt.engines[graph]
+
+        self.Runtime = Runtime
+
+
+def write_fake_engines(directory: Path, manifest, flavour="tensorrt", version=FakeTRT.__version__, targets=("8.6",),
+                       recorded_flavour=None):
+    from latentcache.registry import sha256_of
+
+    for graph in manifest.graphs:
+        data = f"fake:{graph}".encode()
+        trt_backend.engine_path(directory, flavour, graph).parent.mkdir(parents=True, exist_ok=True)
+        trt_backend.engine_path(directory, flavour, graph).write_bytes(data)
+        meta = EngineMetadata(graph=graph, flavour=recorded_flavour or flavour, version=version,
+                              compute_capability=targets[0], targets=tuple(targets),
+                              manifest_sha256=sha256_of(directory / contract.MANIFEST_FILE), graph_file=f"{graph}.onnx",
+                              graph_sha256="0" * 64, profiles={}, engine_bytes=len(data), engine_sha256="0" * 64,
+                              build_seconds=0.0)
+        trt_backend.metadata_path(directory, flavour, graph).write_text(meta.to_json())
+
+
+@pytest.fixture
+def fake_backend(tmp_path, monkeypatch):
+    """``make(alias=True, flavour="tensorrt", device_cc="8.6", **metadata) -> (backend, cuda, fake_trt)``."""
+
+    def make(alias=True, flavour="tensorrt", device_cc="8.6", **meta):
+        manifest = synthetic_manifest(tmp_path / "art")
+        cuda = FakeCuda()
+        cuda.compute_capability = device_cc
+        fake = FakeTRT(manifest, alias, cuda)
+        write_fake_engines(tmp_path / "art", manifest, **{"flavour": flavour, **meta})
+        monkeypatch.setattr(trt_backend, "load_tensorrt", lambda name="auto": (fake, flavour))
+        monkeypatch.setattr(trt_backend, "CudaRuntime", lambda device=0: cuda)
+        return TensorRTBackend(tmp_path / "art", manifest, flavour=flavour), cuda, fake
+
+    return make
+
+
+def prefill_feeds(prompt: list[int], start: int = 0, batch: int = 1, hidden: int = 8):
+    q = len(prompt)
+    return {"input_ids": np.array([prompt] * batch), "position_ids": np.arange(start, start + q)[None].repeat(batch, 0),
+            "write_index": np.full(batch, start), "attention_mask": np.ones((batch, start + q), dtype=np.int64),
+            "inputs_embeds": np.zeros((batch, q, hidden), np.float32), "embeds_mask": np.zeros((batch, q), np.int64)}
+
+
+def decode_feeds(token: int, slot: int, batch: int = 1):
+    return {"input_ids": np.full((batch, 1), token), "position_ids": np.full((batch, 1), slot),
+            "write_index": np.full(batch, slot), "attention_mask": np.ones((batch, slot + 1), dtype=np.int64)}
+
+
+# --- the backend against the fakes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alias", [True, False], ids=["in-place", "ping-pong"])
+def test_backend_prefill_decode_coprocess(fake_backend, alias):
+    backend, cuda, fake = fake_backend(alias=alias)
+    assert backend.cache.slots == (1 if alias else 2)
+    out = backend.run("prefill", prefill_feeds([5, 6, 7]))
+    assert out["logits"][0, :3].tolist() == [3, 3, 0]  # mask sum, attended span (dynamic), empty past
+    keys, values = backend.read_cache(1)
+    assert keys[0, :, :3, 0].tolist() == [[5, 6, 7]] * 2 and values[0, 0, :3, 0].tolist() == [0, 1, 2]
+    assert not keys[0, :, 3:].any()
+    sums = []
+    for step, token in enumerate([8, 9, 10, 11]):
+        slot = 3 + step
+        logits = backend.run("decode", decode_feeds(token, slot))["logits"]
+        assert logits[0, 0] == slot + 1  # the live span, zero padded ...
+        assert logits[0, 1] == backend.manifest.kv.max_seq  # ... to the whole capacity: static shapes
+        sums.append(logits[0, 2])
+    assert sums == [18 * 8, 26 * 8, 35 * 8, 45 * 8]  # each step read the cache the previous wrote (2 heads x 4)
+    keys, _ = backend.read_cache(0)
+    assert keys[0, 0, :7, 0].tolist() == [5, 6, 7, 8, 9, 10, 11]
+    # One eager warm-up per decode context, then one capture each; later steps replay the graph.
+    contexts = len(fake.engines["decode"].contexts)
+    assert contexts == (1 if alias else 2) and cuda.captures == contexts and cuda.launches == 4 - contexts
+    latents = backend.run("coprocessor", {"position_ids": np.arange(7, 10)[None], "attention_mask": np.ones((1, 7))})
+    assert latents["latents"].shape == (1, N_LATENTS, 8) and np.all(latents["latents"] == 7 + 56 * 8)
+    backend.reset()
+    assert not any(a.any() for a in backend.read_cache(0))
+    again = backend.run("decode", decode_feeds(3, 0))["logits"]
+    assert again[0, 2] == 0 and backend.read_cache(0)[0][0, 0, 0, 0] == 3  # the replayed graph sees the reset cache
+    backend.close()
+
+
+@pytest.mark.parametrize("policy", ["end-of-prompt", "async"])
+def test_generator_drives_the_backend(fake_backend, policy):
+    """The runtime's generator (prefill, coprocessor on this or another thread, absorb, decode) end to end."""
+    from latentcache.runtime.generator import Generator, make_policy
+
+    backend, _, _ = fake_backend()
+    generator = Generator(backend)
+    tokens = list(generator.generate([[5, 6, 7]], max_new_tokens=4, policy=make_policy(policy)))
+    assert len(tokens) == 4 and generator.length == 3 + N_LATENTS + 3
+    keys, _ = backend.read_cache(0)
+    assert keys[0, 0, :3, 0].tolist() == [5, 6, 7]  # the prompt; latents and new tokens follow
+    backend.close()
+
+
+def test_backend_rejects_bad_feeds(fake_backend):
+    from latentcache.errors import LatentcacheError
+
+    backend, _, _ = fake_backend()
+    with pytest.raises(LatentcacheError, match="missing \\['write_index'\\]"):
+        backend.run("decode", {k: v for k, v in decode_feeds(1, 0).items() if k != "write_index"})
+    too_long = prefill_feeds(list(range(17)))
+    with pytest.raises(LatentcacheError, match="input input_ids has shape \\(1, 17\\)"):
+        backend.run("prefill", too_long)
+    with pytest.raises(LatentcacheError, match="no 'verify' graph"):
+        backend.run("verify", {})
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"version": "10.3.0.26"}, "built with tensorrt 10.3.0.26, this is 10.99.0.1"),
+        ({"targets": ("8.7",)}, "targets compute capability 8.7, this GPU is 8.6"),
+        ({"recorded_flavour": "tensorrt_rtx"}, "it was built with tensorrt_rtx, not tensorrt"),
+    ],
+)
+def test_backend_refuses_mismatched_engines(fake_backend, meta, message):
+    with pytest.raises(EngineMismatch, match=message) as caught:
+        fake_backend(**meta)
+    assert "latentcache build" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_backend_refuses_engines_of_other_artifacts(fake_backend, tmp_path):
+    backend, _, _ = fake_backend()
+    backend.close()
+    decode = trt_backend.engine_path(tmp_path / "art", "tensorrt", "decode")
+    decode.rename(decode.with_suffix(".moved"))
+    with pytest.raises(EngineMismatch, match="decode.engine is missing: run `latentcache build"):
+        TensorRTBackend(tmp_path / "art", contract.load_manifest(tmp_path / "art"), flavour="tensorrt")
+    decode.with_suffix(".moved").rename(decode)
+    manifest = tmp_path / "art" / contract.MANIFEST_FILE
+    manifest.write_text(manifest.read_text().replace('"vocab_size": 11', '"vocab_size": 12'))
+    with pytest.raises(EngineMismatch, match="built from other artifacts .*latentcache build"):
+        TensorRTBackend(tmp_path / "art", contract.load_manifest(tmp_path / "art"), flavour="tensorrt")
+
+
+def test_backend_unavailable_lets_auto_fall_back(fake_backend, tmp_path):
+    with pytest.raises(BackendUnavailable, match="this GPU is 9.0: build with --backend tensorrt"):
+        fake_backend(flavour="tensorrt_rtx", device_cc="9.0", targets=trt_backend.RTX_DEFAULT_TARGETS)
+    manifest = synthetic_manifest(tmp_path / "bare")
+    with pytest.raises(BackendUnavailable, match="no TensorRT engines: run `latentcache build"):
+        TensorRTBackend(tmp_path / "bare", manifest)
+
+
+def test_rtx_flavour_runs_without_manual_capture(fake_backend):
+    """TensorRT-RTX captures decode itself (IRuntimeConfig.cuda_graph_strategy); the backend must not."""
+    backend, cuda, _ = fake_backend(flavour="tensorrt_rtx", targets=trt_backend.RTX_DEFAULT_TARGETS)
+    backend.run("prefill", prefill_feeds([5, 6]))
+    for slot in (2, 3, 4):
+        assert backend.run("decode", decode_feeds(9, slot))["logits"][0, 0] == slot + 1
+    assert cuda.captures == 0 and cuda.launches == 0
+    assert len({runner.stream for runner in backend.runners.values()}) == 3  # one stream per graph
+    backend.close()
+
+
+def test_metadata_problems_and_compute_capabilities():
+    assert compute_capability_ok("8.6", ("8.0", "8.6", "8.9", "12.0+"))
+    assert compute_capability_ok("12.1", ("8.0", "8.6", "8.9", "12.0+"))
+    assert not compute_capability_ok("9.0", ("8.0", "8.6", "8.9", "12.0+"))  # Hopper: RTX refuses it
+    assert not compute_capability_ok("8.7", ("8.6",))  # a TensorRT engine runs on its build GPU only
+    meta = EngineMetadata(graph="decode", flavour="tensorrt_rtx", version="1.7.1.116",
+                          compute_capability="ahead-of-time/CPU", targets=("8.6", "12.0+"), manifest_sha256="a",
+                          graph_file="decode.onnx", graph_sha256="b", profiles={}, engine_bytes=1,
+                          engine_sha256="c", build_seconds=0.1)
+    ok = dict(graph="decode", flavour="tensorrt_rtx", version="1.7.1.116", manifest_sha256="a",
+              compute_capability="8.6")
+    assert trt_backend.metadata_problems(meta, **ok) == []
+    bad = trt_backend.metadata_problems(meta, **{**ok, "version": "1.8.0.1", "manifest_sha256": "x",
+                                                  "compute_capability": "9.0"})
+    assert len(bad) == 3
+
+
+def test_profiles_from_named_dims(tmp_path):
+    manifest = synthetic_manifest(tmp_path, max_seq=64)
+    assert dynamic_ranges(manifest, "prefill") == {"query": (1, 32, 64), "attend": (1, 32, 64)}
+    prefill = profile_shapes(manifest, "prefill")
+    assert (prefill["input_ids"].min, prefill["input_ids"].opt, prefill["input_ids"].max) == ((1, 1), (1, 32), (1, 64))
+    assert prefill["inputs_embeds"].max == (1, 64, 8) and prefill["past_key_values.1.value"].static
+    decode = profile_shapes(manifest, "decode")
+    assert all(r.static for r in decode.values()) and decode["attention_mask"].max == (1, 64)
+    coprocessor = profile_shapes(manifest, "coprocessor")
+    assert coprocessor["position_ids"].static and coprocessor["attention_mask"].min == (1, 1)
+    assert coprocessor["attention_mask"].max == (1, 64)
+
+
+def test_cache_bindings_follow_the_manifest(tmp_path):
+    manifest = synthetic_manifest(tmp_path, layers=3)
+    bindings = cache_bindings(manifest.graphs["decode"])
+    assert bindings[2] == (2, ("past_key_values.2.key", "past_key_values.2.value", "present.2.key", "present.2.value"))
+    assert cache_bindings(manifest.graphs["coprocessor"])[0] == (0, ("past_key_values.0.key",
+                                                                     "past_key_values.0.value", None, None))
+
+
+def test_bfloat16_round_trip():
+    values = np.array([1.0, -2.5, 3.140625, 1e-3, 65504.0, 1 + 2**-8], dtype=np.float32)
+    back = from_bfloat16_bits(to_bfloat16_bits(values))
+    assert back[:3].tolist() == [1.0, -2.5, 3.140625]
+    assert np.allclose(back, values, rtol=2**-8) and back[5] == 1.0  # ties round to even
+
+
+def test_unavailable_library_names_the_package(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def no_tensorrt(name, *args):
+        if name in ("tensorrt", "tensorrt_rtx"):
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", no_tensorrt)
+    with pytest.raises(BackendUnavailable, match="pip install tensorrt-rtx-cu13") as caught:
+        trt_backend.load_tensorrt("auto")
+    assert "\n" not in str(caught.value)
+    with pytest.raises(BackendUnavailable, match="tensorrt is not installed: pip install tensorrt"):
+        trt_backend.load_tensorrt("tensorrt")
+    from latentcache.export.tensorrt_build import build_engines
+
+    with pytest.raises(BackendUnavailable, match="pip install tensorrt-rtx-cu13"):
+        build_engines(Path("/nonexistent"), "tensorrt_rtx")
+
+
+def test_missing_cuda_python_names_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cuda", None)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)
+    with pytest.raises(BackendUnavailable, match="pip install cuda-python"):
+        trt_backend.import_cudart()
+
+
+# --- real builds with TensorRT-RTX (CPU) ----------------------------------------------------------------
+
+
+def make_checkpoint(base: Path, out: Path) -> Path:
+    """An untrained coprocessor checkpoint (a trained one exports the same graphs)."""
+    from latentcache.model import load_decoder
+    from latentcache.train import checkpoint as ckpt
+    from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig
+
+    coprocessor = Coprocessor(load_decoder(base), CoprocessorConfig(num_latents=N_LATENTS), seed=0)
+    ckpt.save_checkpoint(out, dict(coprocessor.trainable_parameters()), None,
+                         {"step": 0, "train_config": {"seed": 0}, "coprocessor_config": asdict(coprocessor.config),
+                          "fingerprints": {"base": ckpt.base_fingerprint(base)}})
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """``export(arch, kv_update, dtype=None) -> artifacts`` with prefill, decode and coprocessor graphs."""
+    from latentcache.export.onnx_export import ExportConfig, export_artifacts
+    from tests.tiny import build_tiny, save_tiny_tokenizer
+
+    root, bases, done = tmp_path_factory.mktemp("trt"), {}, {}
+
+    def export(arch: str, kv_update: str, dtype: str | None = None) -> Path:
+        if (arch, kv_update, dtype) in done:
+            return done[arch, kv_update, dtype]
+        if arch not in bases:
+            base = root / arch / "base"
+            build_tiny(arch, base)
+            save_tiny_tokenizer(base)
+            bases[arch] = (base, make_checkpoint(base, root / arch / "coprocessor"))
+        base, coprocessor = bases[arch]
+        out = root / arch / f"{kv_update}-{dtype or 'default'}"
+        done[arch, kv_update, dtype] = export_artifacts(ExportConfig(
+            base=base, out=out, coprocessor=coprocessor, max_seq=64, kv_update=kv_update, dtype=dtype),
+            progress=lambda _: None)
+        return done[arch, kv_update, dtype]
+
+    return export
+
+
+def check_build(artifacts: Path) -> list[Path]:
+    from latentcache.export.tensorrt_build import build_engines
+
+    trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
+    lines = []
+    paths = build_engines(artifacts, "tensorrt_rtx", progress=lines.append)
+    manifest = contract.load_manifest(artifacts)
+    assert sorted(p.stem for p in paths) == sorted(manifest.graphs) == ["coprocessor", "decode", "prefill"]
+    assert len(lines) == 1 + len(paths)
+    for path in paths:
+        meta = EngineMetadata.read(path.with_suffix(".json"))
+        assert path.stat().st_size == meta.engine_bytes > 0
+        assert (meta.flavour, meta.version, meta.compute_capability) == ("tensorrt_rtx", trt.__version__,
+                                                                         "ahead-of-time/CPU")
+        assert meta.graph_sha256 == manifest.files[meta.graph_file]
+        assert meta.profiles["attention_mask"]["max"] == [1, 64]
+        assert meta.profiles["attention_mask"]["min"] == ([1, 64] if meta.graph == "decode" else [1, 1])
+        print(f"{artifacts.parent.name}/{artifacts.name} {meta.graph}: {meta.build_seconds:.2f} s, "
+              f"{meta.engine_bytes / 2**20:.1f} MiB")
+    assert not list(paths[0].parent.glob(".*"))  # no temporary files left behind
+    return paths
+
+
+@pytest.mark.parametrize("kv_update", ["inplace", "portable"])
+def test_tiny_model_builds_with_tensorrt_rtx(exported, kv_update):
+    trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
+    from latentcache.runtime.backends.tensorrt import make_logger, network_flags
+
+    artifacts = exported(FAST_ARCH, kv_update)
+    check_build(artifacts)
+    # The in-place lowering becomes TensorRT's KVCacheUpdate layer (one per key and value per layer), whose
+    # output aliases the cache input; the portable one has none, so the runtime ping-pongs two buffers.
+    logger = make_logger(trt)
+    network = trt.Builder(logger).create_network(network_flags(trt))
+    assert trt.OnnxParser(network, logger).parse_from_file(str(artifacts / "decode.onnx"))
+    updates = sum(network.get_layer(i).type == trt.LayerType.KV_CACHE_UPDATE for i in range(network.num_layers))
+    assert updates == (2 * contract.load_manifest(artifacts).kv.num_layers if kv_update == "inplace" else 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if a != FAST_ARCH])
+def test_every_architecture_builds_with_tensorrt_rtx(exported, arch):
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
+    check_build(exported(arch, "inplace"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["llama-gqa-tied", "gemma3"])
+def test_fp16_exports_build_with_tensorrt_rtx(exported, arch):
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
+    check_build(exported(arch, "inplace", "fp16"))
+
+
+def test_timing_cache_and_workspace_options(exported, tmp_path):
+    """TensorRT's timing cache and workspace limit go through the same API on RTX (where timing is a no-op)."""
+    trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
+    from latentcache.export.tensorrt_build import TimingCache, build_graph
+    from latentcache.runtime.backends.tensorrt import make_logger
+
+    artifacts = exported(FAST_ARCH, "inplace")
+    manifest, logger, timing = contract.load_manifest(artifacts), make_logger(trt), TimingCache(tmp_path / "t.cache")
+    serialized, profiles = build_graph(trt, trt.Builder(logger), logger, manifest, "decode", artifacts / "decode.onnx",
+                                       0.25, timing)
+    timing.save()
+    assert serialized.nbytes > 0 and profiles["attention_mask"].static and (tmp_path / "t.cache").is_file()
+
+
+def test_parser_errors_are_one_line(tmp_path):
+    trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
+    import onnx
+    from onnx import TensorProto, helper
+
+    from latentcache.errors import LatentcacheError
+    from latentcache.export.tensorrt_build import build_graph
+    from latentcache.runtime.backends.tensorrt import make_logger
+
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], name="bogus")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "prefill.onnx")
+    manifest = synthetic_manifest(tmp_path / "art")
+    logger = make_logger(trt)
+    with pytest.raises(LatentcacheError, match="cannot parse it: .*bogus \\(NoSuchOp\\)") as caught:
+        build_graph(trt, trt.Builder(logger), logger, manifest, "prefill", tmp_path / "prefill.onnx", None, None)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_smollm2_builds_with_tensorrt_rtx(tmp_path, dtype):
+    """The real default base: export (max_seq 512) and build in a child process; report time and peak RSS."""
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
+    from latentcache.export.onnx_export import ExportConfig, export_artifacts
+
+    home = os.environ.get("LATENTCACHE_HOME") or str(Path(__file__).resolve().parents[1] / ".cache")
+    base = Path(home) / "models" / "smollm2-135m-instruct"
+    if not (base / "config.json").is_file():
+        pytest.skip(f"no SmolLM2 checkpoint at {base}: `latentcache models fetch smollm2-135m-instruct`")
+    artifacts = export_artifacts(ExportConfig(base=base, out=tmp_path / "art", max_seq=512, dtype=dtype),
+                                 progress=lambda _: None)
+    started = time.perf_counter()
+    script = ("import resource, sys; from latentcache.export.tensorrt_build import build_engines; "
+              "build_engines(sys.argv[1], 'tensorrt_rtx', progress=lambda _: None); "
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", script, str(artifacts)], check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    peak = int(done.stdout.split()[-1]) / 2**10  # ru_maxrss is in KiB on Linux
+    for graph in ("prefill", "decode"):
+        meta = EngineMetadata.read(trt_backend.metadata_path(artifacts, "tensorrt_rtx", graph))
+        print(f"SmolLM2 {dtype} {graph}: build {meta.build_seconds:.1f} s, engine {meta.engine_bytes / 2**20:.1f} MiB")
+    print(f"SmolLM2 {dtype}: whole build {seconds:.1f} s, peak RSS of the build process {peak:.0f} MiB")
+    assert json.loads((artifacts / contract.MANIFEST_FILE).read_text())["dtype"] == ("float32" if dtype == "fp32"
+                                                                                      else "float16")
