@@ -275,10 +275,13 @@ def tool_versions() -> dict[str, str]:
 def coprocessor_metadata(directory: Path | None) -> dict:
     if directory is None:
         return {}
-    from latentcache.train.checkpoint import load_state, resolve_checkpoint
+    from latentcache.registry import sha256_of
+    from latentcache.train.checkpoint import WEIGHTS, load_state, resolve_checkpoint
 
-    state = load_state(resolve_checkpoint(Path(directory)))
-    return {"config": state["coprocessor_config"], "step": state.get("step"), "fingerprints": state.get("fingerprints")}
+    directory = resolve_checkpoint(Path(directory))
+    state = load_state(directory)
+    return {"config": state["coprocessor_config"], "step": state.get("step"), "fingerprints": state.get("fingerprints"),
+            "metrics": state.get("metrics"), "weights_sha256": sha256_of(directory / WEIGHTS)}
 
 
 def export_artifacts(config: ExportConfig, progress: Callable[[str], None] | None = None) -> Path:

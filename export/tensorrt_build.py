@@ -3,7 +3,7 @@
 One code path for both flavours (their Python APIs are the same; ``load_tensorrt`` picks the module):
 parse the ONNX from its path (so the shared ``weights.bin`` resolves as external data), create a strongly
 typed network (precision is the ONNX dtypes), add one optimization profile from the manifest's named
-dimensions (``runtime.backends.tensorrt.dynamic_ranges``), build, and write
+dimensions (``runtime.backends.tensorrt_support.dynamic_ranges``), build, and write
 ``ARTIFACTS/engines/<flavour>/<graph>.engine`` atomically with ``<graph>.json`` (``EngineMetadata``) beside it.
 
 TensorRT builds on (and for) the GPU it runs on, so its metadata records that GPU's compute capability and
@@ -23,7 +23,7 @@ from pathlib import Path
 from latentcache.errors import LatentcacheError
 from latentcache.runtime import manifest as contract
 from latentcache.runtime.backend import BackendUnavailable
-from latentcache.runtime.backends.tensorrt import (
+from latentcache.runtime.backends.tensorrt_support import (
     AHEAD_OF_TIME,
     DTYPE_NAMES,
     RTX_DEFAULT_TARGETS,
@@ -198,7 +198,7 @@ def build_target(flavour: str) -> tuple[str, tuple[str, ...]]:
 
 def gpu_compute_capability(device: int = 0) -> str:
     """The build GPU's ``major.minor`` through cuda-python, else nvidia-smi; TensorRT cannot build without one."""
-    from latentcache.runtime.backends.tensorrt import CudaRuntime
+    from latentcache.runtime.backends.cuda import CudaRuntime
 
     try:
         return CudaRuntime(device).compute_capability

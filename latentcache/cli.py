@@ -250,5 +250,17 @@ def bench_command(artifacts: Path, backend: str, json_out: Path | None, no_copro
     click.echo(format_report(run_bench(artifacts, backend, config, json_out, threads)))
 
 
+@main.command("demo")
+@click.option("--prompt", default="What is the capital of France?", show_default=True)
+@click.option("--max-new-tokens", default=48, show_default=True, type=click.IntRange(1))
+@click.option("--backend", default="onnxruntime-cpu", show_default=True,
+              type=click.Choice(["auto", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "torch"]))
+def demo_command(prompt: str, max_new_tokens: int, backend: str) -> None:
+    """SmolLM2 with the embedded default coprocessor: one prompt with and without it, and the latency table."""
+    from latentcache.demo import format_demo, run_demo
+
+    click.echo(format_demo(run_demo(prompt, max_new_tokens, backend, lambda m: click.echo(m, err=True))))
+
+
 if __name__ == "__main__":
     main()

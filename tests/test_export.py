@@ -96,3 +96,23 @@ def test_greedy_32_tokens_equal_reference_pipeline(exported, augmented):
         if augmented:
             state = augment(exported.base, exported.coprocessor, state)
         assert tokens[row].tolist() == greedy_tokens(exported.base, state, 32)
+
+
+@pytest.fixture(scope="module", params=["mistral-sliding", pytest.param("gemma3", marks=pytest.mark.slow)])
+def portable(request, tmp_path_factory):
+    return export_tiny(request.param, tmp_path_factory.mktemp(f"portable-{request.param}"), kv_update="portable")
+
+
+def test_portable_lowering_uses_no_tensorscatter_and_matches_reference(portable):
+    manifest = load_manifest(portable.artifacts)
+    assert manifest.kv_update == "portable" and manifest.opset == 18
+    ops = {node.op_type for node in onnx.load(str(portable.artifacts / "decode.onnx"), load_external_data=False).graph.node}
+    assert "TensorScatter" not in ops
+    generator = Generator(OnnxRuntimeBackend(portable.artifacts, manifest))
+    for augmented in (False, True):
+        tokens = np.stack(list(generator.generate(PROMPTS, 32, policy=EndOfPrompt() if augmented else None)), axis=1)
+        for row, prompt in enumerate(PROMPTS):
+            state = prefill(portable.base, prompt, 80)
+            if augmented:
+                state = augment(portable.base, portable.coprocessor, state)
+            assert tokens[row].tolist() == greedy_tokens(portable.base, state, 32)

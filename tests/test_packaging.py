@@ -33,3 +33,11 @@ def test_runtime_imports_without_torch_or_transformers():
 def test_cli_help_without_torch_or_transformers():
     result = run_blocked("from latentcache.cli import main\nmain(['--help'])")
     assert "generate" in result.stdout and "models" in result.stdout, result.stderr
+
+
+def test_embedded_default_coprocessor_is_small_and_complete():
+    from latentcache.demo import DEFAULT_COPROCESSOR
+
+    files = {p.name: p.stat().st_size for p in DEFAULT_COPROCESSOR.iterdir()}
+    assert {"coprocessor.safetensors", "state.json", "README.json"} <= set(files)
+    assert sum(files.values()) <= 20 * 2**20 and max(files.values()) <= 16 * 2**20

@@ -73,3 +73,14 @@ def test_fp16_logits_cosine_and_16_greedy_tokens(smollm2_dir, tmp_path):
         assert cosine >= 0.999, f"fp16 prefill logits cosine {cosine:.5f}"
         tokens = [int(t[0]) for t in generator.generate([ids], 16)]
         assert tokens[: len(expected)] == expected
+
+
+def test_demo_prints_both_answers_and_the_latency_table(smollm2_dir):
+    from click.testing import CliRunner
+
+    from latentcache.cli import main
+
+    result = CliRunner().invoke(main, ["demo", "--max-new-tokens", "16"])
+    assert result.exit_code == 0, result.output
+    assert "[base] The capital of France is Paris" in result.stdout
+    assert "[augmented] " in result.stdout and "coproc+absorb" in result.stdout

@@ -215,3 +215,13 @@ def test_each_request_has_the_whole_capacity(exported):
     count = 96 - longest  # fills the cache: a second request only fits if the first one's slots are free again
     assert len(list(generator.generate(PROMPTS, count))) == count
     assert len(list(generator.generate(PROMPTS, count))) == count
+
+
+def test_cli_chat_answers_each_line_until_an_empty_one(single):
+    result = CliRunner().invoke(main, ["chat", str(single.artifacts), "--raw", "--max-new-tokens", "6",
+                                       "--backend", "onnxruntime-cpu"], input="Hello there\nHow are you\n\n")
+    assert result.exit_code == 0, result.output
+    pipeline = Pipeline(single.artifacts, "onnxruntime-cpu")
+    for prompt in ("Hello there", "How are you"):
+        answer = "".join(pipeline.stream(prompt, 6, policy=pipeline.policy(True), chat=False))
+        assert answer in result.stdout

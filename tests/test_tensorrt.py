@@ -22,12 +22,13 @@ import pytest
 
 from latentcache.runtime import manifest as contract
 from latentcache.runtime.backend import BackendUnavailable
+from latentcache.runtime.backends import cuda as cuda_support
 from latentcache.runtime.backends import tensorrt as trt_backend
-from latentcache.runtime.backends.tensorrt import (
+from latentcache.runtime.backends import tensorrt_support as trt_support
+from latentcache.runtime.backends.tensorrt import TensorRTBackend, cache_bindings
+from latentcache.runtime.backends.tensorrt_support import (
     EngineMetadata,
     EngineMismatch,
-    TensorRTBackend,
-    cache_bindings,
     compute_capability_ok,
     dynamic_ranges,
     from_bfloat16_bits,
@@ -210,11 +211,11 @@ class FakeEngine:
 
     def get_tensor_dtype(self, name):
         spec = next(s for s in self.tensors if s.name == name)
-        return FakeEnum({v: k for k, v in trt_backend.DTYPE_NAMES.items()}[spec.dtype])
+        return FakeEnum({v: k for k, v in trt_support.DTYPE_NAMES.items()}[spec.dtype])
 
     def get_tensor_shape(self, name):
         spec = next(s for s in self.tensors if s.name == name)
-        return tuple(-1 if d in ("query", "attend") else trt_backend.named_sizes(self.manifest).get(d, d)
+        return tuple(-1 if d in ("query", "attend") else trt_support.named_sizes(self.manifest).get(d, d)
                      for d in spec.shape)
 
     def get_aliased_input_tensor(self, name):
@@ -295,14 +296,14 @@ def write_fake_engines(directory: Path, manifest, flavour="tensorrt", version=Fa
 
     for graph in manifest.graphs:
         data = f"fake:{graph}".encode()
-        trt_backend.engine_path(directory, flavour, graph).parent.mkdir(parents=True, exist_ok=True)
-        trt_backend.engine_path(directory, flavour, graph).write_bytes(data)
+        trt_support.engine_path(directory, flavour, graph).parent.mkdir(parents=True, exist_ok=True)
+        trt_support.engine_path(directory, flavour, graph).write_bytes(data)
         meta = EngineMetadata(graph=graph, flavour=recorded_flavour or flavour, version=version,
                               compute_capability=targets[0], targets=tuple(targets),
                               manifest_sha256=sha256_of(directory / contract.MANIFEST_FILE), graph_file=f"{graph}.onnx",
                               graph_sha256="0" * 64, profiles={}, engine_bytes=len(data), engine_sha256="0" * 64,
                               build_seconds=0.0)
-        trt_backend.metadata_path(directory, flavour, graph).write_text(meta.to_json())
+        trt_support.metadata_path(directory, flavour, graph).write_text(meta.to_json())
 
 
 @pytest.fixture
@@ -412,7 +413,7 @@ def test_backend_refuses_mismatched_engines(fake_backend, meta, message):
 def test_backend_refuses_engines_of_other_artifacts(fake_backend, tmp_path):
     backend, _, _ = fake_backend()
     backend.close()
-    decode = trt_backend.engine_path(tmp_path / "art", "tensorrt", "decode")
+    decode = trt_support.engine_path(tmp_path / "art", "tensorrt", "decode")
     decode.rename(decode.with_suffix(".moved"))
     with pytest.raises(EngineMismatch, match="decode.engine is missing: run `latentcache build"):
         TensorRTBackend(tmp_path / "art", contract.load_manifest(tmp_path / "art"), flavour="tensorrt")
@@ -425,7 +426,7 @@ def test_backend_refuses_engines_of_other_artifacts(fake_backend, tmp_path):
 
 def test_backend_unavailable_lets_auto_fall_back(fake_backend, tmp_path):
     with pytest.raises(BackendUnavailable, match="this GPU is 9.0: build with --backend tensorrt"):
-        fake_backend(flavour="tensorrt_rtx", device_cc="9.0", targets=trt_backend.RTX_DEFAULT_TARGETS)
+        fake_backend(flavour="tensorrt_rtx", device_cc="9.0", targets=trt_support.RTX_DEFAULT_TARGETS)
     manifest = synthetic_manifest(tmp_path / "bare")
     with pytest.raises(BackendUnavailable, match="no TensorRT engines: run `latentcache build"):
         TensorRTBackend(tmp_path / "bare", manifest)
@@ -433,7 +434,7 @@ def test_backend_unavailable_lets_auto_fall_back(fake_backend, tmp_path):
 
 def test_rtx_flavour_runs_without_manual_capture(fake_backend):
     """TensorRT-RTX captures decode itself (IRuntimeConfig.cuda_graph_strategy); the backend must not."""
-    backend, cuda, _ = fake_backend(flavour="tensorrt_rtx", targets=trt_backend.RTX_DEFAULT_TARGETS)
+    backend, cuda, _ = fake_backend(flavour="tensorrt_rtx", targets=trt_support.RTX_DEFAULT_TARGETS)
     backend.run("prefill", prefill_feeds([5, 6]))
     for slot in (2, 3, 4):
         assert backend.run("decode", decode_feeds(9, slot))["logits"][0, 0] == slot + 1
@@ -453,8 +454,8 @@ def test_metadata_problems_and_compute_capabilities():
                           engine_sha256="c", build_seconds=0.1)
     ok = dict(graph="decode", flavour="tensorrt_rtx", version="1.7.1.116", manifest_sha256="a",
               compute_capability="8.6")
-    assert trt_backend.metadata_problems(meta, **ok) == []
-    bad = trt_backend.metadata_problems(meta, **{**ok, "version": "1.8.0.1", "manifest_sha256": "x",
+    assert trt_support.metadata_problems(meta, **ok) == []
+    bad = trt_support.metadata_problems(meta, **{**ok, "version": "1.8.0.1", "manifest_sha256": "x",
                                                   "compute_capability": "9.0"})
     assert len(bad) == 3
 
@@ -499,10 +500,10 @@ def test_unavailable_library_names_the_package(monkeypatch):
 
     monkeypatch.setattr(importlib, "import_module", no_tensorrt)
     with pytest.raises(BackendUnavailable, match="pip install tensorrt-rtx-cu13") as caught:
-        trt_backend.load_tensorrt("auto")
+        trt_support.load_tensorrt("auto")
     assert "\n" not in str(caught.value)
     with pytest.raises(BackendUnavailable, match="tensorrt is not installed: pip install tensorrt"):
-        trt_backend.load_tensorrt("tensorrt")
+        trt_support.load_tensorrt("tensorrt")
     from latentcache.export.tensorrt_build import build_engines
 
     with pytest.raises(BackendUnavailable, match="pip install tensorrt-rtx-cu13"):
@@ -513,7 +514,7 @@ def test_missing_cuda_python_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "cuda", None)
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)
     with pytest.raises(BackendUnavailable, match="pip install cuda-python"):
-        trt_backend.import_cudart()
+        cuda_support.import_cudart()
 
 
 # --- real builds with TensorRT-RTX (CPU) ----------------------------------------------------------------
@@ -584,7 +585,7 @@ def check_build(artifacts: Path) -> list[Path]:
 @pytest.mark.parametrize("kv_update", ["inplace", "portable"])
 def test_tiny_model_builds_with_tensorrt_rtx(exported, kv_update):
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
-    from latentcache.runtime.backends.tensorrt import make_logger, network_flags
+    from latentcache.runtime.backends.tensorrt_support import make_logger, network_flags
 
     artifacts = exported(FAST_ARCH, kv_update)
     check_build(artifacts)
@@ -615,7 +616,7 @@ def test_timing_cache_and_workspace_options(exported, tmp_path):
     """TensorRT's timing cache and workspace limit go through the same API on RTX (where timing is a no-op)."""
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
     from latentcache.export.tensorrt_build import TimingCache, build_graph
-    from latentcache.runtime.backends.tensorrt import make_logger
+    from latentcache.runtime.backends.tensorrt_support import make_logger
 
     artifacts = exported(FAST_ARCH, "inplace")
     manifest, logger, timing = contract.load_manifest(artifacts), make_logger(trt), TimingCache(tmp_path / "t.cache")
@@ -632,7 +633,7 @@ def test_parser_errors_are_one_line(tmp_path):
 
     from latentcache.errors import LatentcacheError
     from latentcache.export.tensorrt_build import build_graph
-    from latentcache.runtime.backends.tensorrt import make_logger
+    from latentcache.runtime.backends.tensorrt_support import make_logger
 
     graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], name="bogus")], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
@@ -666,7 +667,7 @@ def test_smollm2_builds_with_tensorrt_rtx(tmp_path, dtype):
     seconds = time.perf_counter() - started
     peak = int(done.stdout.split()[-1]) / 2**10  # ru_maxrss is in KiB on Linux
     for graph in ("prefill", "decode"):
-        meta = EngineMetadata.read(trt_backend.metadata_path(artifacts, "tensorrt_rtx", graph))
+        meta = EngineMetadata.read(trt_support.metadata_path(artifacts, "tensorrt_rtx", graph))
         print(f"SmolLM2 {dtype} {graph}: build {meta.build_seconds:.1f} s, engine {meta.engine_bytes / 2**20:.1f} MiB")
     print(f"SmolLM2 {dtype}: whole build {seconds:.1f} s, peak RSS of the build process {peak:.0f} MiB")
     assert json.loads((artifacts / contract.MANIFEST_FILE).read_text())["dtype"] == ("float32" if dtype == "fp32"

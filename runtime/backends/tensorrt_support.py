@@ -1,0 +1,311 @@
+"""TensorRT and TensorRT-RTX: what the builder and the runtime share: the module shim, engine locations and
+metadata, optimization profiles, host<->device dtypes and the errors.
+
+Both flavours share one Python API (``import tensorrt`` for TensorRT 10.x/11.x, ``import tensorrt_rtx`` for
+TensorRT for RTX), so one code path serves both; ``load_tensorrt`` picks the module. The builder
+(``latentcache.export.tensorrt_build``) and the backend (``latentcache.runtime.backends.tensorrt``) import the
+shim, the profile rule and the metadata schema from here, so the builder and the runtime cannot disagree
+about them.
+
+Engines live in ``ARTIFACTS/engines/<flavour>/<graph>.engine``, each with ``<graph>.json`` beside it
+(``EngineMetadata``). TensorRT engines are tied to the TensorRT version and to the GPU's compute capability;
+TensorRT-RTX builds ahead of time on the CPU for a set of compute capabilities. The backend refuses any
+mismatch with a message naming the fix: rebuild with ``latentcache build``.
+
+The TensorRT flavour is imported lazily, and nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from latentcache.errors import LatentcacheError
+from latentcache.runtime.backend import BackendUnavailable
+from latentcache.runtime.manifest import Manifest, ManifestError, TensorSpec
+
+FLAVOURS = ("tensorrt", "tensorrt_rtx")
+INSTALL = {
+    "tensorrt": "pip install tensorrt (NVIDIA GPU needed to build; on Jetson it comes with JetPack)",
+    "tensorrt_rtx": "pip install tensorrt-rtx-cu13 (TensorRT for RTX; builds on the CPU)",
+}
+ENGINES_DIR = "engines"
+ENGINE_FORMAT = 1
+AHEAD_OF_TIME = "ahead-of-time/CPU"
+# TensorRT-RTX engines built without setComputeCapability run on "compute capability 8.0, 8.6, 8.9, 12.0,
+# and later" (docs.nvidia.com/deeplearning/tensorrt-rtx/latest/inference-library/cpu-engines.html; the
+# 1.x support matrices list 8.6/8.9/12.0 as the portable default). Hopper (9.0) and Thor (10.x/11.0) are not
+# among them: the RTX runtime refuses those GPUs.
+RTX_DEFAULT_TARGETS = ("8.0", "8.6", "8.9", "12.0+")
+DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32",
+               "BOOL": "bool"}
+HOST_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "int64": np.int64,
+               "int32": np.int32, "bool": np.bool_}  # bfloat16 travels as its raw 16 bits
+
+
+class TensorRTError(LatentcacheError):
+    """An engine could not be loaded or run (device, driver or engine problem), explained in one line."""
+
+
+class EngineMismatch(TensorRTError):
+    """The engines on disk were built for other artifacts, another TensorRT or another GPU."""
+
+
+# --- the module shim ------------------------------------------------------------------------------------
+
+
+def load_tensorrt(flavour: str = "auto"):
+    """``(module, flavour)``: ``tensorrt`` or ``tensorrt_rtx``; ``auto`` prefers TensorRT, then TensorRT-RTX."""
+    if flavour not in ("auto", *FLAVOURS):
+        raise LatentcacheError(f"backend must be one of auto, {', '.join(FLAVOURS)}; got '{flavour}'")
+    candidates = FLAVOURS if flavour == "auto" else (flavour,)
+    for name in candidates:
+        try:
+            return importlib.import_module(name), name
+        except (ImportError, OSError):  # OSError: the wheel is there but its shared libraries are not
+            continue
+    if flavour == "auto":
+        raise BackendUnavailable(f"neither TensorRT nor TensorRT-RTX is installed: {INSTALL['tensorrt_rtx']}, "
+                                 f"or {INSTALL['tensorrt']}")
+    raise BackendUnavailable(f"{flavour} is not installed: {INSTALL[flavour]}")
+
+
+def network_flags(trt) -> int:
+    """A strongly typed network: precision comes from the ONNX dtypes, never from builder flags.
+
+    ``1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)`` is the documented spelling for TensorRT 10.x
+    and TensorRT-RTX (Python API, Builder page); TensorRT 11 keeps the flag but ignores it ("strongly typed
+    mode is always enabled", 11.0 Builder page), so it is set whenever it exists.
+    """
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def make_logger(trt):
+    """A ``trt.ILogger`` that keeps errors (for one-line exceptions) and drops the rest."""
+
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg) -> None:
+            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                self.errors.append(" ".join(str(msg).split()))
+
+        def last(self, count: int = 3) -> str:
+            return " | ".join(self.errors[-count:]) or "no error was logged"
+
+    return Logger()
+
+
+# --- engine locations and metadata ----------------------------------------------------------------------
+
+
+def engine_dir(artifacts: Path, flavour: str) -> Path:
+    return Path(artifacts) / ENGINES_DIR / flavour
+
+
+def engine_path(artifacts: Path, flavour: str, graph: str) -> Path:
+    return engine_dir(artifacts, flavour) / f"{graph}.engine"
+
+
+def metadata_path(artifacts: Path, flavour: str, graph: str) -> Path:
+    return engine_dir(artifacts, flavour) / f"{graph}.json"
+
+
+@dataclass(frozen=True)
+class EngineMetadata:
+    """What an engine was built from and for; written beside each engine, checked before deserializing it."""
+
+    graph: str
+    flavour: str  # "tensorrt" | "tensorrt_rtx"
+    version: str  # the library's __version__, e.g. "10.13.3.9" or "1.7.1.116"
+    compute_capability: str  # the build GPU's "major.minor"; AHEAD_OF_TIME for TensorRT-RTX
+    targets: tuple[str, ...]  # compute capabilities the engine runs on ("12.0+" = 12.0 and later)
+    manifest_sha256: str
+    graph_file: str
+    graph_sha256: str
+    profiles: dict  # input name -> {"min": [...], "opt": [...], "max": [...]}
+    engine_bytes: int
+    engine_sha256: str
+    build_seconds: float
+    workspace_bytes: int | None = None
+    built_at: str = ""
+    tool_versions: dict = field(default_factory=dict)
+    format: int = ENGINE_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @staticmethod
+    def read(path: Path) -> "EngineMetadata":
+        try:
+            data = json.loads(Path(path).read_text())
+            if data.get("format") != ENGINE_FORMAT:
+                raise EngineMismatch(f"{path}: engine metadata format {data.get('format')} is not "
+                                     f"{ENGINE_FORMAT}: rebuild with `latentcache build`")
+            data["targets"] = tuple(data["targets"])
+            return EngineMetadata(**data)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise EngineMismatch(f"{path}: unreadable engine metadata ({exc}): rebuild with `latentcache build`") \
+                from None
+
+
+def now_utc() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def compute_capability_ok(capability: str, targets: tuple[str, ...]) -> bool:
+    """Whether a device of ``capability`` ("8.6") is among ``targets`` (``"12.0+"`` means 12.0 and later)."""
+    def parse(text: str) -> tuple[int, int]:
+        major, minor = text.rstrip("+").split(".")
+        return int(major), int(minor)
+
+    device = parse(capability)
+    return any(device >= parse(t) if t.endswith("+") else device == parse(t) for t in targets)
+
+
+def metadata_problems(meta: EngineMetadata, *, graph: str, flavour: str, version: str, manifest_sha256: str,
+                      compute_capability: str | None) -> list[str]:
+    """Every reason the engine described by ``meta`` must not be loaded here (empty when it may)."""
+    problems = []
+    if meta.graph != graph:
+        problems.append(f"it holds graph '{meta.graph}', not '{graph}'")
+    if meta.flavour != flavour:
+        problems.append(f"it was built with {meta.flavour}, not {flavour}")
+    if meta.version != version:
+        problems.append(f"it was built with {meta.flavour} {meta.version}, this is {version}")
+    if meta.manifest_sha256 != manifest_sha256:
+        problems.append("it was built from other artifacts (manifest.json changed since)")
+    if compute_capability is not None and not compute_capability_ok(compute_capability, meta.targets):
+        problems.append(f"it targets compute capability {', '.join(meta.targets)}, this GPU is {compute_capability}")
+    return problems
+
+
+def check_metadata(meta: EngineMetadata, where: Path, artifacts: Path, **expected) -> None:
+    """Raise ``EngineMismatch`` (one line, naming the fix) unless the engine matches ``expected``."""
+    problems = metadata_problems(meta, **expected)
+    if problems:
+        raise EngineMismatch(f"{where}: {'; '.join(problems)}: rebuild with "
+                             f"`latentcache build {artifacts} --backend {expected['flavour']}`")
+
+
+# --- optimization profiles ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProfileRange:
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    @property
+    def static(self) -> bool:
+        return self.min == self.max
+
+    def to_dict(self) -> dict:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+def named_sizes(manifest: Manifest) -> dict[str, int]:
+    """The fixed named dimensions of the contract."""
+    kv = manifest.kv
+    return {"batch": kv.batch, "kv_heads": kv.num_kv_heads, "max_seq": kv.max_seq, "head_dim": kv.head_dim,
+            "hidden": manifest.hidden_size, "vocab": manifest.vocab_size}
+
+
+def dynamic_ranges(manifest: Manifest, graph: str) -> dict[str, tuple[int, int, int]]:
+    """``(min, opt, max)`` of the dynamic named dims per graph.
+
+    prefill: ``query`` and ``attend`` in [1, max_seq], opt max_seq/2 (TensorRT-Edge-LLM's context profile).
+    decode: every shape static and ``attend = max_seq`` (the runtime pads ``attention_mask`` with zeros), so
+    the decode step can be CUDA-graphed. coprocessor: ``attend`` in [1, max_seq].
+    """
+    top = manifest.kv.max_seq
+    half = max(1, top // 2)
+    if graph == "decode":
+        return {"query": (1, 1, 1), "attend": (top, top, top)}
+    return {"query": (1, half, top), "attend": (1, half, top)}
+
+
+def resolve_shape(spec: TensorSpec, sizes: dict[str, int], ranges: dict[str, tuple[int, int, int]], pick: int):
+    """``spec.shape`` with named dims replaced (``pick`` 0/1/2 = min/opt/max for the dynamic ones)."""
+    shape = []
+    for dim in spec.shape:
+        if isinstance(dim, int):
+            shape.append(dim)
+        elif dim in ranges:
+            shape.append(ranges[dim][pick])
+        elif dim in sizes:
+            shape.append(sizes[dim])
+        else:
+            raise ManifestError(f"tensor {spec.name}: unknown named dimension '{dim}' (known: "
+                                f"{', '.join([*sizes, *ranges])})")
+    return tuple(shape)
+
+
+def profile_shapes(manifest: Manifest, graph: str) -> dict[str, ProfileRange]:
+    """Every input of ``graph``: its min/opt/max shape (static inputs have min == opt == max)."""
+    sizes, ranges = named_sizes(manifest), dynamic_ranges(manifest, graph)
+    return {
+        spec.name: ProfileRange(*(resolve_shape(spec, sizes, ranges, pick) for pick in range(3)))
+        for spec in manifest.graphs[graph].inputs
+    }
+
+
+def max_output_shapes(manifest: Manifest, graph: str) -> dict[str, tuple[int, ...]]:
+    sizes, ranges = named_sizes(manifest), dynamic_ranges(manifest, graph)
+    return {spec.name: resolve_shape(spec, sizes, ranges, 2) for spec in manifest.graphs[graph].outputs}
+
+
+# --- host <-> device dtypes -----------------------------------------------------------------------------
+
+
+def to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def to_host(values, dtype: str) -> np.ndarray:
+    """A C-contiguous host array in the engine's representation of ``dtype``."""
+    if dtype == "bfloat16":
+        return to_bfloat16_bits(np.asarray(values, dtype=np.float32))
+    return np.ascontiguousarray(values, dtype=HOST_DTYPES[dtype])
+
+
+def from_host(values: np.ndarray, dtype: str) -> np.ndarray:
+    return from_bfloat16_bits(values) if dtype == "bfloat16" else values
+
+
+# --- writing files --------------------------------------------------------------------------------------
+
+
+def write_atomically(path: Path, data) -> None:
+    """Write ``path`` through a temporary sibling and a rename, so readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
