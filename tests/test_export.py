@@ -43,7 +43,7 @@ def test_every_graph_passes_checker_and_shape_inference(exported):
 
 
 def test_prefill_logits_and_cache_match_reference(exported):
-    generator = Generator(OnnxRuntimeBackend(exported.artifacts, load_manifest(exported.artifacts)))
+    generator = Generator(OnnxRuntimeBackend(exported.artifacts, load_manifest(exported.artifacts), separate_decode=True))
     logits = generator.prefill(PROMPTS)
     longest = max(map(len, PROMPTS))
     for row, prompt in enumerate(PROMPTS):
@@ -58,7 +58,7 @@ def test_prefill_logits_and_cache_match_reference(exported):
 
 
 def test_latents_absorbed_cache_and_16_decode_steps_match_reference(exported):
-    generator = Generator(OnnxRuntimeBackend(exported.artifacts, load_manifest(exported.artifacts)))
+    generator = Generator(OnnxRuntimeBackend(exported.artifacts, load_manifest(exported.artifacts), separate_decode=True))
     generator.prefill(PROMPTS)
     latents = generator.coprocess()
     logits = generator.absorb(latents)
@@ -88,7 +88,7 @@ def test_latents_absorbed_cache_and_16_decode_steps_match_reference(exported):
 
 @pytest.mark.parametrize("augmented", [False, True])
 def test_greedy_32_tokens_equal_reference_pipeline(exported, augmented):
-    generator = Generator(OnnxRuntimeBackend(exported.artifacts, load_manifest(exported.artifacts)))
+    generator = Generator(OnnxRuntimeBackend(exported.artifacts, load_manifest(exported.artifacts), separate_decode=True))
     policy = EndOfPrompt() if augmented else None
     tokens = np.stack(list(generator.generate(PROMPTS, 32, policy=policy)), axis=1)
     for row, prompt in enumerate(PROMPTS):
@@ -108,7 +108,7 @@ def test_portable_lowering_uses_no_tensorscatter_and_matches_reference(portable)
     assert manifest.kv_update == "portable" and manifest.opset == 18
     ops = {node.op_type for node in onnx.load(str(portable.artifacts / "decode.onnx"), load_external_data=False).graph.node}
     assert "TensorScatter" not in ops
-    generator = Generator(OnnxRuntimeBackend(portable.artifacts, manifest))
+    generator = Generator(OnnxRuntimeBackend(portable.artifacts, manifest, separate_decode=True))
     for augmented in (False, True):
         tokens = np.stack(list(generator.generate(PROMPTS, 32, policy=EndOfPrompt() if augmented else None)), axis=1)
         for row, prompt in enumerate(PROMPTS):

@@ -60,7 +60,7 @@ def test_fp16_logits_cosine_and_16_greedy_tokens(smollm2_dir, tmp_path):
     from latentcache.train.benchmarks import prefill
 
     artifacts = export(smollm2_dir, tmp_path / "fp16", "fp16")
-    generator = Generator(OnnxRuntimeBackend(artifacts, load_manifest(artifacts)))
+    generator = Generator(OnnxRuntimeBackend(artifacts, load_manifest(artifacts), separate_decode=True))
     from latentcache.runtime.tokenizer import Tokenizer
 
     tokenizer = Tokenizer(artifacts, load_manifest(artifacts))

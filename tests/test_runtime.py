@@ -225,3 +225,12 @@ def test_cli_chat_answers_each_line_until_an_empty_one(single):
     for prompt in ("Hello there", "How are you"):
         answer = "".join(pipeline.stream(prompt, 6, policy=pipeline.policy(True), chat=False))
         assert answer in result.stdout
+
+
+def test_decode_on_the_prefill_session_equals_the_decode_graph(exported):
+    manifest = load_manifest(exported.artifacts)
+    shared = OnnxRuntimeBackend(exported.artifacts, manifest)
+    separate = OnnxRuntimeBackend(exported.artifacts, manifest, separate_decode=True)
+    assert "decode" not in shared.sessions and "decode" in separate.sessions
+    for policy in (None, EndOfPrompt()):
+        assert (tokens_of(Generator(shared), policy) == tokens_of(Generator(separate), policy)).all()
