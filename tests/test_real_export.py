@@ -35,12 +35,20 @@ def reference_tokens(base_dir, ids, count):
     return greedy_tokens(base, prefill(base, ids, 256), count), base
 
 
-def test_fp32_greedy_64_tokens_identical_and_chat_template_matches_transformers(smollm2_dir, tmp_path):
+@pytest.fixture(scope="module")
+def demo_artifacts(smollm2_dir):
+    """SmolLM2 fp32 with the embedded default coprocessor, exported once (the demo's artifacts)."""
+    from latentcache.demo import ensure_artifacts
+
+    return ensure_artifacts(lambda message: None)
+
+
+def test_fp32_greedy_64_tokens_identical_and_chat_template_matches_transformers(smollm2_dir, demo_artifacts):
     from transformers import AutoTokenizer
 
     from latentcache.runtime import Pipeline
 
-    pipeline = Pipeline(export(smollm2_dir, tmp_path / "fp32", "fp32"), "onnxruntime-cpu")
+    pipeline = Pipeline(demo_artifacts, "onnxruntime-cpu")  # coprocessor off: the base graphs alone
     hf_tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     for prompt in PROMPTS:
         ids = pipeline.tokenizer.encode(prompt)
@@ -75,7 +83,7 @@ def test_fp16_logits_cosine_and_16_greedy_tokens(smollm2_dir, tmp_path):
         assert tokens[: len(expected)] == expected
 
 
-def test_demo_prints_both_answers_and_the_latency_table(smollm2_dir):
+def test_demo_prints_both_answers_and_the_latency_table(demo_artifacts):
     from click.testing import CliRunner
 
     from latentcache.cli import main

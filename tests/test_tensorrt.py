@@ -647,7 +647,7 @@ def test_parser_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("dtype", ["fp16"])  # the Jetson precision; fp32 builds the same graph (measured: 25 s)
 def test_smollm2_builds_with_tensorrt_rtx(tmp_path, dtype):
     """The real default base: export (max_seq 512) and build in a child process; report time and peak RSS."""
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
