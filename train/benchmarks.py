@@ -182,6 +182,25 @@ def arc_prompt(item: ChoiceItem) -> ChoicePrompt:
     return ChoicePrompt(f"Question: {item.question}\nAnswer:", tuple(f" {c}" for c in item.choices), item.answer)
 
 
+def arc_question(item: ChoiceItem) -> str:
+    """An ARC item as a question that asks for the option letter (for generated, not scored, answers)."""
+    options = "".join(f"\n{LETTERS[i]}. {choice}" for i, choice in enumerate(item.choices))
+    return f"{item.question}{options}\nAnswer with the letter of the correct option."
+
+
+def arc_choice(answer: str, item: ChoiceItem) -> int | None:
+    """The first option letter in the answer ("B." / "B)" before a bare "B", so that an article "A" loses), else
+    the first option whose text it contains."""
+    letters = LETTERS[: len(item.choices)]
+    for pattern in (rf"\b([{letters}])[.):]", rf"\b([{letters}])\b"):
+        match = re.search(pattern, answer)
+        if match:
+            return letters.index(match.group(1))
+    lowered = answer.lower()
+    hits = [(lowered.find(c.lower()), i) for i, c in enumerate(item.choices) if c.strip() and c.lower() in lowered]
+    return min(hits)[1] if hits else None
+
+
 def _mmlu_block(item: ChoiceItem, letters: bool) -> str:
     if not letters:
         return f"Question: {item.question}\nAnswer:"
