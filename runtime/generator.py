@@ -67,7 +67,6 @@ class Generator:
             ids[row, longest - len(prompt):] = prompt
             self.valid[row, longest - len(prompt):longest] = 1
         positions = np.clip(np.cumsum(self.valid[:, :longest], axis=1) - 1, 0, None)
-        self.length = 0
         logits = self._write("prefill", ids, positions, {
             contract.INPUTS_EMBEDS: np.zeros((self.batch, longest, self.manifest.hidden_size), self._embed_dtype()),
             contract.EMBEDS_MASK: np.zeros((self.batch, longest), dtype=np.int64),
