@@ -13,7 +13,6 @@ import platform
 import resource
 import statistics
 import subprocess
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
