@@ -55,6 +55,7 @@ def ensure_artifacts(progress) -> Path:
 
 def run_demo(prompt: str, max_new_tokens: int, backend: str, progress) -> DemoResult:
     from latentcache.runtime import Pipeline, RequestStats
+    from latentcache.runtime.bench import summarize
 
     artifacts = ensure_artifacts(progress)
     pipeline = Pipeline(artifacts, backend)
@@ -63,11 +64,10 @@ def run_demo(prompt: str, max_new_tokens: int, backend: str, progress) -> DemoRe
         stats = RequestStats()
         answers[name] = "".join(pipeline.stream(prompt, max_new_tokens, policy=pipeline.policy(coprocessor),
                                                 stats=stats))
-        steps = sorted(stats.step_s)
-        median = steps[len(steps) // 2] if steps else float("nan")
-        latency[name] = {"ttft_ms": 1000 * stats.first_token_s,
-                         "coprocessor_absorb_ms": 1000 * sum(stats.augment_s),
-                         "decode_ms": 1000 * median, "tokens_per_s": 1 / median if steps else float("nan")}
+        summary = summarize([stats], batch=1)
+        latency[name] = {"ttft_ms": summary["ttft_ms"], "coprocessor_absorb_ms": summary["coprocessor_absorb_ms"] or 0.0,
+                         "decode_ms": summary["decode_ms_median"],
+                         "tokens_per_s": summary["decode_tokens_per_s"] or float("nan")}
     return DemoResult(answers, latency, artifacts, pipeline.backend.describe())
 
 

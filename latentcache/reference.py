@@ -35,6 +35,7 @@ def generate_text(base: Path, prompt: str, max_new_tokens: int, sampling: Sampli
 
     from latentcache.model import load_decoder
     from latentcache.model.generate import stream_tokens
+    from latentcache.runtime.tokenizer import stream_text
 
     decoder = load_decoder(base)
     tokenizer = load_tokenizer(base)
@@ -45,15 +46,7 @@ def generate_text(base: Path, prompt: str, max_new_tokens: int, sampling: Sampli
             f"prompt ({len(ids)} tokens) plus --max-new-tokens {max_new_tokens} exceeds the model's {limit} positions"
         )
     stops = set(decoder.config.eos_token_ids) | ({tokenizer.eos_token_id} - {None})
-    tokens: list[int] = []
-    emitted = ""
-    for token in stream_tokens(decoder, torch.tensor([ids]), max_new_tokens=max_new_tokens, sampling=sampling,
-                               stop_ids=sorted(stops)):
-        if int(token[0]) in stops:
-            break
-        tokens.append(int(token[0]))
-        # Decode the whole continuation each time: a multi-byte character may span several tokens.
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):
-            yield text[len(emitted):]
-            emitted = text
+    tokens = stream_tokens(decoder, torch.tensor([ids]), max_new_tokens=max_new_tokens, sampling=sampling,
+                           stop_ids=sorted(stops))
+    yield from stream_text((int(token[0]) for token in tokens),
+                           lambda seen: tokenizer.decode(seen, skip_special_tokens=True), stops)

@@ -67,15 +67,20 @@ class Tokenizer:
         return self.fast.decode(list(ids), skip_special_tokens=True)
 
     def stream(self, tokens: Iterable[int]) -> Iterator[str]:
-        """Text pieces as tokens arrive; stops before a stop id. Whole-prefix decoding keeps multi-byte
-        characters that span tokens intact."""
-        ids: list[int] = []
-        emitted = ""
-        for token in tokens:
-            if token in self.stop_ids:
-                return
-            ids.append(int(token))
-            text = self.decode(ids)
-            if not text.endswith("\ufffd"):
-                yield text[len(emitted):]
-                emitted = text
+        """Text pieces as tokens arrive; stops before a stop id."""
+        return stream_text(tokens, self.decode, self.stop_ids)
+
+
+def stream_text(tokens: Iterable[int], decode, stop_ids) -> Iterator[str]:
+    """Text pieces of ``decode(ids so far)`` as tokens arrive, ending before a stop id. Whole-prefix decoding
+    keeps multi-byte characters that span tokens intact (a piece is held back while it ends in U+FFFD)."""
+    ids: list[int] = []
+    emitted = ""
+    for token in tokens:
+        if token in stop_ids:
+            return
+        ids.append(int(token))
+        text = decode(ids)
+        if not text.endswith("\ufffd"):
+            yield text[len(emitted):]
+            emitted = text

@@ -76,6 +76,36 @@ class OnnxRuntimeBackend(Backend):
             }
             for name, graph in manifest.graphs.items()
         }
+        # Everything but the per-step inputs is bound once: one binding per graph and cache buffer set.
+        self.swaps = {name: self._swaps(name) for name in self.sessions}
+        self.bindings = {name: [self._bind_static(name, b) for b in range(buffers)] for name in self.sessions}
+        self.input_names = {name: {s.role: s.name for s in manifest.graphs[name].inputs if s.layer is None}
+                            for name in self.sessions}
+        hidden, batch = manifest.hidden_size, kv.batch
+        embeds_dtype = numpy_dtype(manifest.graphs["prefill"].tensor(contract.INPUTS_EMBEDS).dtype)
+        self.decode_rows = {contract.INPUTS_EMBEDS: np.zeros((batch, 1, hidden), embeds_dtype),
+                            contract.EMBEDS_MASK: np.zeros((batch, 1), dtype=np.int64)}
+
+    def _bind_static(self, graph: str, current: int):
+        """A binding of ``graph`` with the cache (buffer set ``current`` as past) and the outputs attached."""
+        spec = self.manifest.graphs[graph]
+        binding = self.sessions[graph].io_binding()
+        past = self.caches[current]
+        present = self.caches[1 - current] if self.swaps[graph] else past
+        for i, (key, value) in enumerate(spec.cache_pairs(past=True)):
+            binding.bind_ortvalue_input(key.name, past[2 * i])
+            binding.bind_ortvalue_input(value.name, past[2 * i + 1])
+        for i, (key, value) in enumerate(spec.cache_pairs(past=False)):
+            binding.bind_ortvalue_output(key.name, present[2 * i])
+            binding.bind_ortvalue_output(value.name, present[2 * i + 1])
+        for role, value in self.outputs[graph].items():
+            binding.bind_ortvalue_output(spec.tensor(role, output=True).name, value)
+        return binding
+
+    def _swaps(self, graph: str) -> bool:
+        """Whether ``graph`` writes the other buffer set (portable lowering), so the sets swap after it."""
+        writes_cache = any(s.role == contract.PRESENT_KEY for s in self.manifest.graphs[graph].outputs)
+        return writes_cache and len(self.caches) == 2
 
     def missing_provider_message(self, ort) -> str:
         return f"{self.provider} is not available in this onnxruntime ({ort.__version__})"
@@ -90,36 +120,14 @@ class OnnxRuntimeBackend(Backend):
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if graph == "decode" and self.decode_on_prefill:
-            graph, feeds = "prefill", self._as_prefill(feeds)
-        spec = self.manifest.graphs[graph]
-        session = self.sessions[graph]
-        binding = session.io_binding()
+            graph, feeds = "prefill", {**feeds, **self.decode_rows}  # a one-token prefill, no embedding rows
+        binding, names = self.bindings[graph][self.current], self.input_names[graph]
         for role, value in feeds.items():
-            binding.bind_cpu_input(spec.tensor(role).name, np.ascontiguousarray(value))
-        past = self.caches[self.current]
-        writes_cache = any(s.role == contract.PRESENT_KEY for s in spec.outputs)
-        present = self.caches[1 - self.current] if writes_cache and len(self.caches) == 2 else past
-        for i, (key, value) in enumerate(spec.cache_pairs(past=True)):
-            binding.bind_ortvalue_input(key.name, past[2 * i])
-            binding.bind_ortvalue_input(value.name, past[2 * i + 1])
-        if writes_cache:
-            for i, (key, value) in enumerate(spec.cache_pairs(past=False)):
-                binding.bind_ortvalue_output(key.name, present[2 * i])
-                binding.bind_ortvalue_output(value.name, present[2 * i + 1])
-        results = self.outputs[graph]
-        for role, value in results.items():
-            binding.bind_ortvalue_output(spec.tensor(role, output=True).name, value)
-        session.run_with_iobinding(binding)
-        if writes_cache and len(self.caches) == 2:
+            binding.bind_cpu_input(names[role], np.ascontiguousarray(value))
+        self.sessions[graph].run_with_iobinding(binding)
+        if self.swaps[graph]:
             self.current = 1 - self.current
-        return {role: value.numpy() for role, value in results.items()}
-
-    def _as_prefill(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A decode step as a one-row prefill: token rows only (``embeds_mask`` 0)."""
-        ids = feeds[contract.INPUT_IDS]
-        embeds = self.manifest.graphs["prefill"].tensor(contract.INPUTS_EMBEDS)
-        return {**feeds, contract.INPUTS_EMBEDS: np.zeros((*ids.shape, self.manifest.hidden_size), numpy_dtype(embeds.dtype)),
-                contract.EMBEDS_MASK: np.zeros(ids.shape, dtype=np.int64)}
+        return {role: value.numpy() for role, value in self.outputs[graph].items()}
 
     def reset(self) -> None:
         # Stale slots are never attended (the mask decides), but a new request should not see old data.
