@@ -127,13 +127,14 @@ def train(config_file: Path | None, resume: bool, **overrides) -> None:
 @click.option("--tasks", multiple=True, type=click.Choice(["arc-easy", "arc-challenge", "mmlu", "gsm8k"]),
               help="Benchmarks with the coprocessor called once at the end of the prompt.")
 @click.option("--limit", type=click.IntRange(1), help="Items per benchmark task.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
 def evaluate(base: Path, coprocessors, data, json_out: Path, seq_len: int, sequences: int, batch_size: int,
-             points: int, shuffled: bool, tasks, limit) -> None:
+             points: int, shuffled: bool, tasks, limit, device: str) -> None:
     """Relative perplexity change by position (the paper's Table 1) and benchmarks, against the frozen base."""
     from latentcache.train.run import run_evaluation
 
     run_evaluation(base, tuple(coprocessors), tuple(data), json_out, seq_len, sequences, batch_size, points,
-                   shuffled, tuple(tasks), limit)
+                   shuffled, tuple(tasks), limit, device)
     click.echo(json_out.with_suffix(".md").read_text())
 
 

@@ -151,7 +151,9 @@ def test_eval_writes_the_table_json(workspace, trained, tmp_path):
         assert run["config"]["shuffle_latents"] == name.endswith("(shuffled latents)")
         assert [row["position"] for row in run["rows"]] == [1, 2, 4, 8, 16, 32]
         for row, baseline in zip(run["rows"], runs["no-augmentation"]["rows"]):
-            assert set(row) == {"position", "baseline_ppl", "augmented_ppl", "relative_change_pct", "targets"}
+            assert set(row) == {"position", "baseline_ppl", "augmented_ppl", "relative_change_pct", "targets",
+                                "ci95_low_pct", "ci95_high_pct"}
+            assert row["ci95_low_pct"] <= row["relative_change_pct"] <= row["ci95_high_pct"]
             assert row["targets"] == 2 * 2 and row["baseline_ppl"] == baseline["baseline_ppl"] > 1
     assert all(row["relative_change_pct"] == 0 for row in runs["no-augmentation"]["rows"])
     arc = report["benchmarks"]["run"]["arc-easy"]

@@ -17,6 +17,7 @@ from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig
 from latentcache.train.evaluate import (
     PerplexityConfig,
     PerplexityResult,
+    bootstrap_interval,
     evaluate_perplexity,
     markdown_table,
     plot_relative_change,
@@ -87,6 +88,16 @@ def test_augmented_run_is_deterministic_and_json_round_trips(base, coprocessor):
     assert other_seed.rows[0].baseline_ppl != first.rows[0].baseline_ppl
 
 
+def test_bootstrap_interval_brackets_the_change_and_is_paired(base, coprocessor):
+    result = evaluate_perplexity(base, coprocessor, batches(n=4), CONFIG)
+    for row in result.rows:
+        assert row.ci95_low_pct < row.relative_change_pct < row.ci95_high_pct
+    # Every sequence shifted by the same amount: resampling cannot move the paired change.
+    base_nll = torch.rand(6, 2, dtype=torch.float64) * 10
+    low, high = bootstrap_interval(base_nll, base_nll + 0.3, points_per_sequence=3)
+    assert torch.allclose(low, torch.full((2,), math.expm1(0.1) * 100, dtype=torch.float64)) and torch.allclose(low, high)
+
+
 def test_shuffled_latents_change_the_augmented_perplexity_only(base, coprocessor):
     plain = evaluate_perplexity(base, coprocessor, batches(), CONFIG)
     shuffled = evaluate_perplexity(base, coprocessor, batches(), PerplexityConfig(CONFIG.positions, 3, 7, True))
@@ -107,7 +118,7 @@ def test_pause_control_and_table_and_plot(base, coprocessor, tmp_path):
     table = markdown_table(runs).splitlines()
     assert table[0] == "| Position | Baseline ppl | none | 3 latents | pause |"
     assert [line.split("|")[1].strip() for line in table[2:]] == ["1", "2", "4", "8"]
-    assert "+0.00% (" in table[2]
+    assert "+0.00% [+0.00, +0.00] (" in table[2]
     png = plot_relative_change(runs, tmp_path / "plots" / "table1.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
     elsewhere = evaluate_perplexity(base, None, batches(seed=1), CONFIG)
@@ -252,6 +263,11 @@ def test_run_benchmarks_baseline_and_augmented(base, coprocessor, tmp_path):
         assert all(0.0 <= v <= 1.0 for v in [*result.baseline.values(), *result.augmented.values()])
     assert set(results["mmlu"].baseline) == {"accuracy", "accuracy_norm"} and results["mmlu"].shots == 1
     assert set(results["gsm8k"].baseline) == {"exact_match"}
+    for task in ("arc-easy", "mmlu"):  # paired flips explain the difference of the two accuracies exactly
+        result = results[task]
+        for metric, (gained, lost) in result.flips.items():
+            assert gained + lost <= result.n
+            assert (gained - lost) / result.n == pytest.approx(result.augmented[metric] - result.baseline[metric])
     json.dumps({t: r.to_dict() for t, r in results.items()})
     assert bm.benchmark_markdown(results).count("\n") == 2 + 2 * 3 + 1
     alone = bm.run_benchmarks(base, None, encode, decode, bm.BenchmarkConfig(tasks=("arc-easy",), limit=2), root)

@@ -113,6 +113,23 @@ def test_checkpoint_reloads_the_same_coprocessor_and_refuses_another_base(tiny_m
         load_coprocessor(tmp_path / "a/checkpoint", other)
 
 
+def test_packed_checkpoint_is_fp16_without_optimizer_and_loads_as_rounded_weights(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from latentcache.train.checkpoint import load_coprocessor, pack_checkpoint
+
+    _, path = tiny_model("llama-gqa-tied")
+    run(tiny_config(path, tmp_path / "a", max_steps=3, lora_rank=2))
+    packed = pack_checkpoint(tmp_path / "a/checkpoint", tmp_path / "shipped")
+    assert sorted(f.name for f in packed.iterdir()) == ["coprocessor.safetensors", "state.json"]
+    source, shipped = load_file(tmp_path / "a/checkpoint/coprocessor.safetensors"), load_file(packed / "coprocessor.safetensors")
+    assert set(source) == set(shipped) and all(t.dtype == torch.float16 for t in shipped.values())
+    _, reloaded = load_coprocessor(packed, path)
+    for name, param in reloaded.trainable_parameters().items():
+        assert param.dtype == torch.float32 and torch.equal(param, source[name].half().float())
+    assert json.loads((packed / "state.json").read_text())["packed_dtype"] == "float16"
+
+
 def test_validation_baseline_reads_only_the_targets_document(tiny_model, tmp_path):
     """Packed documents: the frozen baseline must see the context the augmented pass sees (the target's own
     document), or ``val_delta`` credits the latents with the context the baseline got and they did not."""

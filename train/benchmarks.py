@@ -339,6 +339,9 @@ class TaskResult:
     baseline: dict[str, float]
     augmented: dict[str, float] | None
     truncated: int = 0  # prompts cut from the left to fit the base's positions
+    # per metric [items only the augmented run got right, items only the baseline got right]: the paired
+    # evidence behind a difference of a few points (a sign test needs these, not the two accuracies)
+    flips: dict[str, list[int]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -417,15 +420,21 @@ def evaluate_choices(base: Decoder, coprocessor: Coprocessor | None, prompts: Se
                      encode: Encode, task: str, shots: int = 0, add_bos: bool = False) -> TaskResult:
     """Raw-sum and length-normalised accuracy of baseline (and augmented) over ``prompts``."""
     runner = _Runner(base, coprocessor, encode, add_bos)
-    correct = {name: [0, 0] for name in runner.runs}
+    right: dict[str, dict[str, list[bool]]] = {name: {"accuracy": [], "accuracy_norm": []} for name in runner.runs}
     for prompt in prompts:
         for name, scores in _score(runner, prompt).items():
-            correct[name][0] += scores.predicted == prompt.answer
-            correct[name][1] += scores.predicted_norm == prompt.answer
+            right[name]["accuracy"].append(scores.predicted == prompt.answer)
+            right[name]["accuracy_norm"].append(scores.predicted_norm == prompt.answer)
     n = len(prompts)
-    metrics = {name: {"accuracy": raw / max(n, 1), "accuracy_norm": norm / max(n, 1)}
-               for name, (raw, norm) in correct.items()}
-    return TaskResult(task, n, shots, runner.latents, metrics["baseline"], metrics.get("augmented"), runner.truncated)
+    metrics = {name: {metric: sum(hits) / max(n, 1) for metric, hits in by_metric.items()}
+               for name, by_metric in right.items()}
+    flips = None
+    if "augmented" in right:
+        flips = {metric: [sum(a and not b for a, b in zip(right["augmented"][metric], right["baseline"][metric])),
+                          sum(b and not a for a, b in zip(right["augmented"][metric], right["baseline"][metric]))]
+                 for metric in right["baseline"]}
+    return TaskResult(task, n, shots, runner.latents, metrics["baseline"], metrics.get("augmented"), runner.truncated,
+                      flips)
 
 
 @torch.no_grad()
@@ -497,15 +506,16 @@ def run_benchmarks(
 
 def benchmark_markdown(results: Mapping[str, TaskResult]) -> str:
     """One row per task and metric: n, baseline, augmented and the difference in points."""
-    lines = ["| Task | Metric | n | Baseline | Augmented | Δ (points) |", "|---|---|---|---|---|---|"]
+    lines = ["| Task | Metric | n | Baseline | Augmented | Δ (points) | gained / lost |", "|---|---|---|---|---|---|---|"]
     for task, result in results.items():
         for metric, value in result.baseline.items():
             if result.augmented is None:
-                lines.append(f"| {task} | {metric} | {result.n} | {100 * value:.2f} | – | – |")
+                lines.append(f"| {task} | {metric} | {result.n} | {100 * value:.2f} | – | – | – |")
                 continue
             augmented = result.augmented[metric]
+            flips = " / ".join(map(str, result.flips[metric])) if result.flips and metric in result.flips else "–"
             lines.append(f"| {task} | {metric} | {result.n} | {100 * value:.2f} | {100 * augmented:.2f} | "
-                         f"{100 * (augmented - value):+.2f} |")
+                         f"{100 * (augmented - value):+.2f} | {flips} |")
     return "\n".join(lines) + "\n"
 
 

@@ -58,15 +58,16 @@ def save_checkpoint(
     trainable: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer | None,
     state: dict[str, Any],
+    dtype: torch.dtype = torch.float32,
 ) -> None:
-    """Write a checkpoint to ``directory`` atomically (replacing any previous one)."""
+    """Write a checkpoint to ``directory`` atomically (replacing any previous one); weights stored as ``dtype``."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-"))
     try:
-        save_file({k: v.detach().float().contiguous().cpu() for k, v in trainable.items()}, scratch / WEIGHTS)
+        save_file({k: v.detach().to(dtype).contiguous().cpu() for k, v in trainable.items()}, scratch / WEIGHTS)
         if optimizer is not None:
             save_file(_optimizer_tensors(trainable, optimizer), scratch / OPTIMIZER)
         (scratch / STATE).write_text(json.dumps(state, indent=2, sort_keys=True))
@@ -77,6 +78,18 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
+
+
+def pack_checkpoint(source: Path, target: Path, dtype: torch.dtype = torch.float16) -> Path:
+    """A shippable copy of checkpoint ``source``: weights cast to ``dtype``, no optimizer state.
+
+    Loading restores the tensors into fp32 parameters, so the copy evaluates exactly as fp16-rounded weights;
+    evaluate the packed copy, not the source, when its figures ship with it.
+    """
+    source = resolve_checkpoint(Path(source))
+    state = {**load_state(source), "packed_from": str(source), "packed_dtype": str(dtype).removeprefix("torch.")}
+    save_checkpoint(Path(target), load_tensors(source), None, state, dtype)
+    return Path(target)
 
 
 def _swap_in(scratch: Path, directory: Path) -> None:

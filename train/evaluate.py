@@ -66,6 +66,9 @@ class PositionRow:
     augmented_ppl: float
     relative_change_pct: float  # (augmented / baseline - 1) * 100; negative is better
     targets: int
+    # 95% interval of relative_change_pct from a paired bootstrap over sequences: the noise of this slice
+    ci95_low_pct: float = math.nan
+    ci95_high_pct: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -119,9 +122,23 @@ def _check_batch(tokens: torch.Tensor, config: PerplexityConfig, base: Decoder, 
 
 
 def _nll_by_offset(logprobs: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
-    """Summed negative log-likelihood per reported position, float64 ``[len(positions)]``."""
+    """Negative log-likelihood per sequence and reported position, summed over points: float64 ``[batch, P]``."""
     offsets = torch.tensor([p - 1 for p in positions], device=logprobs.device)
-    return -logprobs.index_select(-1, offsets).double().sum(dim=(0, 1)).cpu()
+    return -logprobs.index_select(-1, offsets).double().sum(dim=1).cpu()
+
+
+def bootstrap_interval(base_nll: torch.Tensor, aug_nll: torch.Tensor, points_per_sequence: int,
+                       resamples: int = 2000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """95% interval of the relative perplexity change (%) per position, resampling whole sequences.
+
+    ``base_nll``/``aug_nll`` are ``[sequences, P]`` sums over equally many targets per sequence; the two
+    columns are resampled together (the comparison is paired), so the interval is the noise of the *slice*.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, base_nll.shape[0], (resamples, base_nll.shape[0]), generator=generator)
+    change = torch.expm1((aug_nll[picks] - base_nll[picks]).sum(dim=1) / (base_nll.shape[0] * points_per_sequence))
+    low, high = torch.quantile(change * 100.0, torch.tensor([0.025, 0.975], dtype=change.dtype), dim=0)
+    return low, high
 
 
 @torch.no_grad()
@@ -139,8 +156,7 @@ def evaluate_perplexity(
     device = base.embed_tokens.weight.device
     generator = torch.Generator().manual_seed(config.seed)
     transform = roll_latents if config.shuffle_latents else None
-    base_nll = torch.zeros(len(config.positions), dtype=torch.float64)
-    aug_nll = torch.zeros_like(base_nll)
+    base_nll, aug_nll = [], []  # [batch, P] per batch: per-sequence sums feed the bootstrap interval
     targets, count = 0, 0
     num_latents = coprocessor.config.num_latents if coprocessor is not None else 1  # 1: the baseline's last slot
     for tokens in sequences:
@@ -151,27 +167,30 @@ def evaluate_perplexity(
         tokens = tokens.to(device, torch.long)
         docs = document_ids(tokens, config.eos_id)
         baseline = baseline_logprobs(base, tokens, points, config.ahead, docs)
-        base_nll += _nll_by_offset(baseline, config.positions)
+        base_nll.append(_nll_by_offset(baseline, config.positions))
         if coprocessor is None:
-            aug_nll += _nll_by_offset(baseline, config.positions)
+            aug_nll.append(base_nll[-1])
         else:
             augmented = augmented_predictions(base, coprocessor, tokens, points, config.ahead, docs,
                                               latents_transform=transform).target_logprobs
-            aug_nll += _nll_by_offset(augmented, config.positions)
+            aug_nll.append(_nll_by_offset(augmented, config.positions))
         targets += batch * n_points
         count += batch
     if count == 0:
         raise LatentcacheError("the validation set is empty")
-    return _result(base_nll, aug_nll, targets, count, coprocessor, config)
+    return _result(torch.cat(base_nll), torch.cat(aug_nll), targets, count, coprocessor, config)
 
 
 def _result(base_nll: torch.Tensor, aug_nll: torch.Tensor, targets: int, sequences: int,
             coprocessor: Coprocessor | None, config: PerplexityConfig) -> PerplexityResult:
+    low, high = bootstrap_interval(base_nll, aug_nll, targets // sequences, seed=config.seed)
+    base_total, aug_total = base_nll.sum(dim=0), aug_nll.sum(dim=0)
     rows = []
     for i, position in enumerate(config.positions):
-        base_ppl = math.exp(base_nll[i].item() / targets)
-        aug_ppl = math.exp(aug_nll[i].item() / targets)
-        rows.append(PositionRow(position, base_ppl, aug_ppl, (aug_ppl / base_ppl - 1.0) * 100.0, targets))
+        base_ppl = math.exp(base_total[i].item() / targets)
+        aug_ppl = math.exp(aug_total[i].item() / targets)
+        rows.append(PositionRow(position, base_ppl, aug_ppl, (aug_ppl / base_ppl - 1.0) * 100.0, targets,
+                                low[i].item(), high[i].item()))
     num_latents = coprocessor.config.num_latents if coprocessor is not None else 0
     pause = coprocessor is not None and coprocessor.config.pause
     return PerplexityResult(tuple(rows), config, num_latents, pause, sequences)
@@ -196,9 +215,15 @@ def markdown_table(results: Mapping[str, PerplexityResult]) -> str:
     rule = "|---|---|" + "---|" * len(results)
     lines = [header, rule]
     for i, row in enumerate(first.rows):
-        cells = [f"{r.rows[i].relative_change_pct:+.2f}% ({r.rows[i].augmented_ppl:.2f})" for r in results.values()]
+        cells = [_cell(r.rows[i]) for r in results.values()]
         lines.append(f"| {row.position} | {row.baseline_ppl:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(row: PositionRow) -> str:
+    """``-1.23% [-1.60, -0.88] (10.60)``: change, its 95% bootstrap interval, augmented perplexity."""
+    interval = "" if math.isnan(row.ci95_low_pct) else f" [{row.ci95_low_pct:+.2f}, {row.ci95_high_pct:+.2f}]"
+    return f"{row.relative_change_pct:+.2f}%{interval} ({row.augmented_ppl:.2f})"
 
 
 def plot_relative_change(results: Mapping[str, PerplexityResult], path: str | Path) -> Path:

@@ -61,8 +61,11 @@ def _validation_sets(base: Path, data: tuple[str, ...], seq_len: int, eos_id: in
 
 def run_evaluation(base: Path, coprocessors: tuple[Path, ...], data: tuple[str, ...], json_out: Path,
                    seq_len: int, sequences: int, batch_size: int, points: int, shuffled: bool,
-                   tasks: tuple[str, ...], limit: int | None) -> dict:
+                   tasks: tuple[str, ...], limit: int | None, device: str = "auto") -> dict:
     """Table-1 perplexity (and benchmarks when ``tasks``) for each coprocessor against the frozen base.
+
+    ``device``: ``auto`` takes CUDA when there is one (fp32 weights either way, so a GPU figure and a CPU
+    figure on the same slice differ only by kernel rounding).
 
     Writes ``json_out``, a markdown table and a PNG plot beside it; returns the JSON document.
     """
@@ -76,7 +79,9 @@ def run_evaluation(base: Path, coprocessors: tuple[Path, ...], data: tuple[str, 
     from latentcache.train.evaluate import PerplexityConfig, evaluate_perplexity, markdown_table, \
         plot_relative_change
 
-    decoder = load_decoder(base)
+    from latentcache.train.trainer import resolve_device
+
+    decoder = load_decoder(base, device=resolve_device(device))
     eos_id = _eos_id(decoder.config)
     runs = {"no-augmentation": None}
     for directory in coprocessors:

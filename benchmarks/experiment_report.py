@@ -1,0 +1,129 @@
+"""Tables and plots for docs/results.md from the experiment's results (benchmarks/gpu/experiment.py collect).
+
+    python benchmarks/experiment_report.py RESULTS_DIR --out docs/results/experiment > /tmp/tables.md
+
+RESULTS_DIR is the unpacked results.tar.gz: plan.json and one folder per run (metrics.jsonl, times.txt,
+checkpoint/state.json, eval.json). Writes table1-<set>.png, validation.png and summary.json under --out and
+prints the markdown. Every run was scored on the same targets (same data, seed and points), so their Table-1
+columns share one baseline; markdown_table refuses runs that were not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from latentcache.train.evaluate import PerplexityResult, markdown_table, plot_relative_change
+
+SEQ_TOKENS = 8 * 1024  # batch 8 x seq_len 1024, the experiment's shape
+
+
+def label(run: dict) -> str:
+    flags = run["flags"]
+    latents = flags.split("--latents ")[1].split()[0]
+    kind = "pause" if "--pause" in flags else "LoRA r16" if "--lora-rank" in flags else "full"
+    return f"{kind} N_L {latents}, lr {run['lr']:g}"
+
+
+def read_run(folder: Path) -> dict:
+    log = folder / "metrics.jsonl"  # absent when a run stopped before its first log line
+    metrics = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    validations = [m for m in metrics if "val_loss" in m]
+    times = dict(line.split() for line in (folder / "times.txt").read_text().splitlines() if line.strip())
+    state = json.loads((folder / "checkpoint" / "state.json").read_text())
+    speeds = sorted(m["tokens_per_s"] for m in metrics if "tokens_per_s" in m)
+    return {
+        "steps": state["step"],
+        "tokens": state["step"] * SEQ_TOKENS,
+        "train_s": int(times["train_end"]) - int(times["train_start"]),
+        "eval_s": int(times["eval_end"]) - int(times["train_end"]) if "eval_end" in times else None,
+        "tokens_per_s": speeds[len(speeds) // 2] if speeds else None,
+        "validation": [{k: m[k] for k in ("step", "val_loss", "val_base_loss", "val_delta")} for m in validations],
+        "eval": json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").exists() else None,
+    }
+
+
+def runs_table(plan: dict, runs: dict) -> str:
+    lines = ["| run | steps | tokens | train time | tokens/s | last val loss (base) |", "|---|---|---|---|---|---|"]
+    for spec in plan["runs"]:
+        run = runs[spec["name"]]
+        last = run["validation"][-1] if run["validation"] else None
+        val = f"{last['val_loss']:.4f} ({last['val_base_loss']:.4f}, {last['val_delta']:+.4f})" if last else "–"
+        lines.append(f"| {label(spec)} | {run['steps']} | {run['tokens'] / 1e6:.1f}M | {run['train_s'] / 60:.1f} min | "
+                     f"{run['tokens_per_s'] or 0:,.0f} | {val} |")
+    return "\n".join(lines) + "\n"
+
+
+def perplexity_sets(plan: dict, runs: dict, shuffled: bool) -> dict[str, dict[str, PerplexityResult]]:
+    sets: dict[str, dict[str, PerplexityResult]] = {}
+    for spec in plan["runs"]:
+        report = runs[spec["name"]]["eval"]
+        if report is None:
+            continue
+        for set_name, results in report["perplexity"].items():
+            for key, result in results.items():
+                if key == "no-augmentation" or key.endswith("(shuffled latents)") != shuffled:
+                    continue
+                name = label(spec) + (" (shuffled)" if shuffled else "")
+                sets.setdefault(set_name, {})[name] = PerplexityResult.from_dict(result)
+    return sets
+
+
+def benchmarks_table(plan: dict, runs: dict) -> str:
+    lines = ["| run | task | n | baseline | augmented | Δ (points) | gained / lost |", "|---|---|---|---|---|---|---|"]
+    for spec in plan["runs"]:
+        report = runs[spec["name"]]["eval"]
+        for results in (report or {}).get("benchmarks", {}).values():
+            for task, result in results.items():
+                base, aug = result["baseline"]["accuracy"], result["augmented"]["accuracy"]
+                gained, lost = result.get("flips", {}).get("accuracy", ["?", "?"])
+                lines.append(f"| {label(spec)} | {task} | {result['n']} | {100 * base:.2f} | {100 * aug:.2f} | "
+                             f"{100 * (aug - base):+.2f} | {gained} / {lost} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_validation(plan: dict, runs: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for spec in plan["runs"]:
+        points = runs[spec["name"]]["validation"]
+        axes.plot([p["step"] for p in points], [100 * math.expm1(p["val_delta"]) for p in points], marker="o",
+                  label=label(spec))
+    axes.axhline(0.0, color="grey", linewidth=0.8)
+    axes.set_xlabel("step (8 x 1024 tokens)")
+    axes.set_ylabel("ahead-token perplexity vs frozen base (%)")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    plan = json.loads((args.results / "plan.json").read_text())
+    plan["runs"] = [r for r in plan["runs"] if (args.results / r["name"] / "checkpoint" / "state.json").exists()]
+    runs = {spec["name"]: read_run(args.results / spec["name"]) for spec in plan["runs"]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    print("### Runs\n\n" + runs_table(plan, runs))
+    for set_name, results in perplexity_sets(plan, runs, shuffled=False).items():
+        print(f"### Table 1: {set_name}\n\n" + markdown_table(results))
+        plot_relative_change(results, args.out / f"table1-{set_name}.png")
+    for set_name, results in perplexity_sets(plan, runs, shuffled=True).items():
+        print(f"### Shuffled-latents control: {set_name}\n\n" + markdown_table(results))
+    print("### Benchmarks (coprocessor once at the end of the prompt)\n\n" + benchmarks_table(plan, runs))
+    plot_validation(plan, runs, args.out / "validation.png")
+    summary = {name: {k: v for k, v in run.items() if k != "eval"} for name, run in runs.items()}
+    (args.out / "summary.json").write_text(json.dumps({"plan": plan, "runs": summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

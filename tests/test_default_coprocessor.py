@@ -1,0 +1,35 @@
+"""The embedded default coprocessor reproduces, on the CPU, the held-out figures it shipped with (slow).
+
+README.json beside the weights records the `latentcache eval` slice measured on the GPU machine (fp32 weights,
+the same packed fp16 file): the relative perplexity change at every position on the leading sequences of both
+validation sets. The CPU run scores the same targets, so only kernel rounding may separate the two.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from latentcache.demo import DEFAULT_COPROCESSOR
+
+pytestmark = pytest.mark.slow
+SHIPPED = json.loads((DEFAULT_COPROCESSOR / "README.json").read_text())
+TOLERANCE_POINTS = 0.05  # percentage points; the slice's own bootstrap interval is about 100 times wider
+
+
+@pytest.mark.skipif("slice" not in SHIPPED, reason="this default ships without a reproducible eval slice")
+def test_cpu_eval_reproduces_the_shipped_slice(tmp_path):
+    from latentcache.registry import fetch
+    from latentcache.train.run import run_evaluation
+
+    os.environ.setdefault("LATENTCACHE_HOME", str(Path(__file__).resolve().parents[1] / ".cache"))
+    shipped = SHIPPED["slice"]
+    report = run_evaluation(Path(fetch("smollm2-135m-instruct")), (DEFAULT_COPROCESSOR,), (), tmp_path / "slice.json",
+                            seq_len=1024, sequences=shipped["sequences"], batch_size=shipped["batch_size"],
+                            points=shipped["points"], shuffled=False, tasks=(), limit=None, device="cpu")
+    for set_name, expected in shipped["relative_change_pct"].items():
+        rows = next(r for name, r in report["perplexity"][set_name].items() if name != "no-augmentation")["rows"]
+        measured = {str(row["position"]): row["relative_change_pct"] for row in rows}
+        for position, value in expected.items():
+            assert measured[position] == pytest.approx(value, abs=TOLERANCE_POINTS), (set_name, position)
