@@ -164,3 +164,18 @@ def test_latent_scale_matches_embedding_rms(models):
 
     ratio = latents.pow(2).mean(-1).sqrt().mean().item() / embedding_rms(base)
     assert 0.3 < ratio < 3.0, f"latent RMS is {ratio:.2f}x the embedding RMS"
+
+
+def test_lora_adapters_live_on_the_device_of_their_layer():
+    # A coprocessor built on a CUDA base (`latentcache eval` on a GPU) mixed devices once; "meta" stands in
+    # for any non-CPU device here. The init is drawn on the CPU, so it does not depend on the device.
+    from latentcache.train.coprocessor import LoRALinear
+
+    torch.manual_seed(0)
+    on_meta = LoRALinear(torch.nn.Linear(8, 6, device="meta"), rank=2, alpha=4.0)
+    assert on_meta.lora_a.device.type == on_meta.lora_b.device.type == "meta"
+    torch.manual_seed(0)
+    on_cpu = LoRALinear(torch.nn.Linear(8, 6), rank=2, alpha=4.0)
+    torch.manual_seed(0)
+    again = LoRALinear(torch.nn.Linear(8, 6), rank=2, alpha=4.0)
+    assert torch.equal(on_cpu.lora_a, again.lora_a) and not on_cpu.lora_b.any()

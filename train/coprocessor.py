@@ -55,9 +55,13 @@ class LoRALinear(nn.Module):
     def __init__(self, linear: nn.Linear, rank: int, alpha: float) -> None:
         super().__init__()
         self.base = linear.requires_grad_(False)
-        self.lora_a = nn.Parameter(torch.empty(rank, linear.in_features, dtype=linear.weight.dtype))
-        self.lora_b = nn.Parameter(torch.zeros(linear.out_features, rank, dtype=linear.weight.dtype))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        # Drawn on the CPU (the same init whatever the device), then placed beside W: a coprocessor built on a
+        # CUDA base (`latentcache eval` on a GPU) must not mix devices.
+        lora_a = torch.empty(rank, linear.in_features, dtype=linear.weight.dtype)
+        nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5))
+        self.lora_a = nn.Parameter(lora_a.to(linear.weight.device))
+        self.lora_b = nn.Parameter(torch.zeros(linear.out_features, rank, dtype=linear.weight.dtype,
+                                               device=linear.weight.device))
         self.scale = alpha / rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
