@@ -104,10 +104,58 @@ def plot_validation(plan: dict, runs: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def _by_position(result: dict) -> dict[str, float]:
+    return {str(row["position"]): round(row["relative_change_pct"], 4) for row in result["rows"]}
+
+
+def default_readme(plan: dict, runs: dict, results: Path) -> dict:
+    """README.json of the shipped default: where it came from, what it reached, and the slice the CPU re-runs."""
+    spec = next(r for r in plan["runs"] if r["ship"])
+    run, name = runs[spec["name"]], spec["name"]
+    last = run["validation"][-1]
+    table = {set_name: _by_position(results_[name]) for set_name, results_ in run["eval"]["perplexity"].items()}
+    slice_report = json.loads((results / name / "slice.json").read_text())
+    slice_args = dict(zip(plan["slice"].split()[0::2], plan["slice"].split()[1::2]))
+    return {
+        "summary": (f"{label(spec)}: {run['steps']} steps, {run['tokens'] / 1e6:.1f}M Gutenberg tokens, "
+                    f"{run['train_s'] / 60:.0f} min on one H200 shared with another run. Ahead-token validation "
+                    f"loss {last['val_loss']:.4f} vs the frozen base's {last['val_base_loss']:.4f}; Table 1 at +1: "
+                    + ", ".join(f"{k} {v['1']:+.1f}%" for k, v in table.items())
+                    + ". The latents still cost the next token more than they give later: not yet a gain."),
+        "base": "smollm2-135m-instruct",
+        "latents": int(spec["flags"].split("--latents ")[1].split()[0]),
+        "lora_rank": 16,
+        "lr": spec["lr"],
+        "steps": run["steps"],
+        "tokens_seen": run["tokens"],
+        "val_loss": last["val_loss"],
+        "val_base_loss": last["val_base_loss"],
+        "val_step": last["step"],  # the last in-training validation (the run stopped at `steps`)
+        "table1_relative_change_pct": table,
+        "table1_eval": plan["eval"],
+        "benchmarks": {task: {k: r[k] for k in ("n", "baseline", "augmented", "flips")}
+                       for results_ in run["eval"]["benchmarks"].values() for task, r in results_.items()},
+        "weights": "fp16 copy of the fp32 checkpoint (pack_checkpoint; restored into fp32 parameters)",
+        "slice": {
+            "sequences": int(slice_args["--sequences"]), "batch_size": int(slice_args["--batch-size"]),
+            "points": int(slice_args["--points"]),
+            "relative_change_pct": {set_name: _by_position(results_[name])
+                                    for set_name, results_ in slice_report["perplexity"].items()},
+            "ci95_pct": {set_name: {str(row["position"]): [round(row["ci95_low_pct"], 2), round(row["ci95_high_pct"], 2)]
+                                    for row in results_[name]["rows"]}
+                         for set_name, results_ in slice_report["perplexity"].items()},
+            "measured_on": "NVIDIA H200, fp32 weights (this packed file), latentcache eval --device auto",
+            "command": f"latentcache eval --base SMOLLM2 --coprocessor <this folder> --json slice.json {plan['slice']}",
+        },
+        "command": f"benchmarks/gpu/experiment.py launch: {spec['command']}",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--default-readme", type=Path, help="Also write the shipped run's README.json here.")
     args = parser.parse_args()
     plan = json.loads((args.results / "plan.json").read_text())
     plan["runs"] = [r for r in plan["runs"] if (args.results / r["name"] / "checkpoint" / "state.json").exists()]
@@ -123,6 +171,8 @@ def main() -> None:
     plot_validation(plan, runs, args.out / "validation.png")
     summary = {name: {k: v for k, v in run.items() if k != "eval"} for name, run in runs.items()}
     (args.out / "summary.json").write_text(json.dumps({"plan": plan, "runs": summary}, indent=2))
+    if args.default_readme:
+        args.default_readme.write_text(json.dumps(default_readme(plan, runs, args.results), indent=2) + "\n")
 
 
 if __name__ == "__main__":
