@@ -17,14 +17,16 @@ from pathlib import Path
 
 from latentcache.train.evaluate import PerplexityResult, markdown_table, plot_relative_change
 
-SEQ_TOKENS = 8 * 1024  # batch 8 x seq_len 1024, the experiment's shape
 
 
-def label(run: dict) -> str:
-    flags = run["flags"]
-    latents = flags.split("--latents ")[1].split()[0]
-    kind = "pause" if "--pause" in flags else "LoRA r16" if "--lora-rank" in flags else "full"
-    return f"{kind} N_L {latents}, lr {run['lr']:g}"
+def label(config: dict) -> str:
+    """``full N_L 16, lr 0.0003`` from the training config the checkpoint recorded."""
+    kind = "pause" if config["pause"] else f"LoRA r{config['lora_rank']}" if config["lora_rank"] else "full"
+    return f"{kind} N_L {config['latents']}, lr {config['lr']:g}"
+
+
+def tokens_per_step(config: dict) -> int:
+    return config["batch_size"] * config["grad_accum"] * config["seq_len"]
 
 
 def read_run(folder: Path) -> dict:
@@ -33,10 +35,13 @@ def read_run(folder: Path) -> dict:
     validations = [m for m in metrics if "val_loss" in m]
     times = dict(line.split() for line in (folder / "times.txt").read_text().splitlines() if line.strip())
     state = json.loads((folder / "checkpoint" / "state.json").read_text())
+    config = state["train_config"]
     speeds = sorted(m["tokens_per_s"] for m in metrics if "tokens_per_s" in m)
     return {
+        "config": config,
+        "label": label(config),
         "steps": state["step"],
-        "tokens": state["step"] * SEQ_TOKENS,
+        "tokens": state["step"] * tokens_per_step(config),
         "train_s": int(times["train_end"]) - int(times["train_start"]),
         "eval_s": int(times["eval_end"]) - int(times["train_end"]) if "eval_end" in times else None,
         "tokens_per_s": speeds[len(speeds) // 2] if speeds else None,
@@ -51,7 +56,7 @@ def runs_table(plan: dict, runs: dict) -> str:
         run = runs[spec["name"]]
         last = run["validation"][-1] if run["validation"] else None
         val = f"{last['val_loss']:.4f} ({last['val_base_loss']:.4f}, {last['val_delta']:+.4f})" if last else "–"
-        lines.append(f"| {label(spec)} | {run['steps']} | {run['tokens'] / 1e6:.1f}M | {run['train_s'] / 60:.1f} min | "
+        lines.append(f"| {run['label']} | {run['steps']} | {run['tokens'] / 1e6:.1f}M | {run['train_s'] / 60:.1f} min | "
                      f"{run['tokens_per_s'] or 0:,.0f} | {val} |")
     return "\n".join(lines) + "\n"
 
@@ -66,7 +71,7 @@ def perplexity_sets(plan: dict, runs: dict, shuffled: bool) -> dict[str, dict[st
             for key, result in results.items():
                 if key == "no-augmentation" or key.endswith("(shuffled latents)") != shuffled:
                     continue
-                name = label(spec) + (" (shuffled)" if shuffled else "")
+                name = runs[spec["name"]]["label"] + (" (shuffled)" if shuffled else "")
                 sets.setdefault(set_name, {})[name] = PerplexityResult.from_dict(result)
     return sets
 
@@ -79,7 +84,7 @@ def benchmarks_table(plan: dict, runs: dict) -> str:
             for task, result in results.items():
                 base, aug = result["baseline"]["accuracy"], result["augmented"]["accuracy"]
                 gained, lost = result.get("flips", {}).get("accuracy", ["?", "?"])
-                lines.append(f"| {label(spec)} | {task} | {result['n']} | {100 * base:.2f} | {100 * aug:.2f} | "
+                lines.append(f"| {runs[spec['name']]['label']} | {task} | {result['n']} | {100 * base:.2f} | {100 * aug:.2f} | "
                              f"{100 * (aug - base):+.2f} | {gained} / {lost} |")
     return "\n".join(lines) + "\n"
 
@@ -94,9 +99,10 @@ def plot_validation(plan: dict, runs: dict, path: Path) -> None:
     for spec in plan["runs"]:
         points = runs[spec["name"]]["validation"]
         axes.plot([p["step"] for p in points], [100 * math.expm1(p["val_delta"]) for p in points], marker="o",
-                  label=label(spec))
+                  label=runs[spec["name"]]["label"])
     axes.axhline(0.0, color="grey", linewidth=0.8)
-    axes.set_xlabel("step (8 x 1024 tokens)")
+    shape = next(iter(runs.values()))["config"]
+    axes.set_xlabel(f"step ({shape['batch_size'] * shape['grad_accum']} x {shape['seq_len']} tokens)")
     axes.set_ylabel("ahead-token perplexity vs frozen base (%)")
     axes.legend(fontsize=7)
     figure.tight_layout()
@@ -117,15 +123,15 @@ def default_readme(plan: dict, runs: dict, results: Path) -> dict:
     slice_report = json.loads((results / name / "slice.json").read_text())
     slice_args = dict(zip(plan["slice"].split()[0::2], plan["slice"].split()[1::2]))
     return {
-        "summary": (f"{label(spec)}: {run['steps']} steps, {run['tokens'] / 1e6:.1f}M Gutenberg tokens, "
+        "summary": (f"{run['label']}: {run['steps']} steps, {run['tokens'] / 1e6:.1f}M Gutenberg tokens, "
                     f"{run['train_s'] / 60:.0f} min on one H200 shared with another run. Ahead-token validation "
                     f"loss {last['val_loss']:.4f} vs the frozen base's {last['val_base_loss']:.4f}; Table 1 at +1: "
                     + ", ".join(f"{k} {v['1']:+.1f}%" for k, v in table.items())
                     + ". The latents still cost the next token more than they give later: not yet a gain."),
         "base": "smollm2-135m-instruct",
-        "latents": int(spec["flags"].split("--latents ")[1].split()[0]),
-        "lora_rank": 16,
-        "lr": spec["lr"],
+        "latents": run["config"]["latents"],
+        "lora_rank": run["config"]["lora_rank"],
+        "lr": run["config"]["lr"],
         "steps": run["steps"],
         "tokens_seen": run["tokens"],
         "val_loss": last["val_loss"],
@@ -169,7 +175,8 @@ def main() -> None:
         print(f"### Shuffled-latents control: {set_name}\n\n" + markdown_table(results))
     print("### Benchmarks (coprocessor once at the end of the prompt)\n\n" + benchmarks_table(plan, runs))
     plot_validation(plan, runs, args.out / "validation.png")
-    summary = {name: {k: v for k, v in run.items() if k != "eval"} for name, run in runs.items()}
+    summary = {name: {k: v for k, v in run.items() if k not in ("eval", "config", "label")}
+               for name, run in runs.items()}
     (args.out / "summary.json").write_text(json.dumps({"plan": plan, "runs": summary}, indent=2))
     if args.default_readme:
         args.default_readme.write_text(json.dumps(default_readme(plan, runs, args.results), indent=2) + "\n")
