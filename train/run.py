@@ -31,6 +31,7 @@ def run_training(config: TrainConfig, resume: bool) -> Path:
     check_against_base(config, model_config)  # before minutes of tokenizing
     eos_id = _eos_id(model_config)
     dist = Distributed(resolve_device(config.device))
+    trainer = None
     try:
         with dist.main_first():
             splits, fingerprint = prepare_training_data(config, eos_id)
@@ -38,6 +39,9 @@ def run_training(config: TrainConfig, resume: bool) -> Path:
         trainer.setup(resume)
         trainer.train()
     finally:
+        # DDP's reducer holds the process group: freed only after destroy_process_group, it hung at exit under
+        # gloo in about one torchrun run of three (tests/test_ddp.py). Drop it first.
+        del trainer
         dist.close()
     return Path(config.out) / CHECKPOINT_DIR
 
