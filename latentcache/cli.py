@@ -251,6 +251,27 @@ def bench_command(artifacts: Path, backend: str, json_out: Path | None, no_copro
     click.echo(format_report(run_bench(artifacts, backend, config, json_out, threads)))
 
 
+@main.command("serve")
+@click.argument("artifacts", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "torch"]))
+@click.option("--policy", default="end-of-prompt", show_default=True,
+              type=click.Choice(["end-of-prompt", "every-n", "entropy", "async"]), help="Server default policy.")
+@click.option("--no-coprocessor", is_flag=True, help="Server default: the base model alone (a request may override).")
+@click.option("--api-key", envvar="LATENTCACHE_API_KEY", help="Require this bearer token (or $LATENTCACHE_API_KEY).")
+@click.option("--queue-size", default=16, show_default=True, type=click.IntRange(1),
+              help="Requests waiting for the model before new ones get 503.")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (ONNX Runtime).")
+@click.option("--model-name", help="The id /v1/models reports (default: the artifacts folder name).")
+def serve_command(artifacts: Path, no_coprocessor: bool, **options) -> None:
+    """An OpenAI-compatible HTTP server over ARTIFACTS (/v1/chat/completions, /v1/completions, /v1/models)."""
+    from latentcache.runtime.serve import ServeConfig, serve
+
+    serve(ServeConfig(artifacts=artifacts, coprocessor=not no_coprocessor, **options))
+
+
 @main.command("demo")
 @click.option("--prompt", default="What is the capital of France?", show_default=True)
 @click.option("--max-new-tokens", default=48, show_default=True, type=click.IntRange(1))
