@@ -30,7 +30,7 @@ import numpy as np
 def ours(artifacts: Path, threads: int):
     from latentcache.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from latentcache.runtime.generator import Generator, RequestStats
-    from latentcache.runtime.manifest import load_manifest
+    from latentcache.contract.manifest import load_manifest
 
     generator = Generator(OnnxRuntimeBackend(artifacts, load_manifest(artifacts), threads=threads))
 

@@ -15,6 +15,7 @@ import json
 import math
 from pathlib import Path
 
+from latentcache.train.config import TrainConfig
 from latentcache.train.evaluate import PerplexityResult, markdown_table, plot_relative_change
 
 
@@ -22,7 +23,7 @@ from latentcache.train.evaluate import PerplexityResult, markdown_table, plot_re
 def label(config: dict) -> str:
     """``full N_L 16, lr 0.0003`` from the training config the checkpoint recorded."""
     kind = "pause" if config["pause"] else f"LoRA r{config['lora_rank']}" if config["lora_rank"] else "full"
-    return f"{kind} N_L {config['latents']}, lr {config['lr']:g}"
+    return f"{kind} N_L {config['num_latents']}, lr {config['lr']:g}"
 
 
 def tokens_per_step(config: dict) -> int:
@@ -35,7 +36,7 @@ def read_run(folder: Path) -> dict:
     validations = [m for m in metrics if "val_loss" in m]
     times = dict(line.split() for line in (folder / "times.txt").read_text().splitlines() if line.strip())
     state = json.loads((folder / "checkpoint" / "state.json").read_text())
-    config = state["train_config"]
+    config = TrainConfig.from_dict(state["train_config"]).to_dict()  # also reads configs saved before num_latents
     speeds = sorted(m["tokens_per_s"] for m in metrics if "tokens_per_s" in m)
     return {
         "config": config,
@@ -129,7 +130,7 @@ def default_readme(plan: dict, runs: dict, results: Path) -> dict:
                     + ", ".join(f"{k} {v['1']:+.1f}%" for k, v in table.items())
                     + ". The latents still cost the next token more than they give later: not yet a gain."),
         "base": "smollm2-135m-instruct",
-        "latents": run["config"]["latents"],
+        "latents": run["config"]["num_latents"],
         "lora_rank": run["config"]["lora_rank"],
         "lr": run["config"]["lr"],
         "steps": run["steps"],

@@ -13,7 +13,6 @@ import io
 import logging
 import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,12 +20,11 @@ from pathlib import Path
 
 import torch
 
+from latentcache.contract import dtypes
+from latentcache.contract import manifest as contract
+from latentcache.contract.files import replace_directory, sha256_of, staging_directory
 from latentcache.errors import LatentcacheError
-from latentcache.runtime import manifest as contract
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-ONNX_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-ELEMENT_TYPES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}  # onnx.TensorProto
 GEMMA_TYPES = ("gemma2", "gemma3_text")
 WEIGHTS_FILE = "weights.bin"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
@@ -45,8 +43,8 @@ class ExportConfig:
     force: bool = False
 
     def __post_init__(self) -> None:
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise LatentcacheError(f"--dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
+        if self.dtype is not None:
+            dtypes.from_short(self.dtype)
         if self.kv_update not in contract.KV_UPDATES:
             raise LatentcacheError(f"--kv-update must be one of {', '.join(contract.KV_UPDATES)}, got '{self.kv_update}'")
         if self.max_seq < 8:
@@ -119,11 +117,11 @@ def _spec(role: str, dtype: str, shape: tuple) -> contract.TensorSpec:
 def plan_graphs(base, coprocessor, config: ExportConfig, dtype: torch.dtype) -> list[GraphPlan]:
     from torch.export import Dim
 
-    from latentcache.export.graphs import BaseStep, CoprocessorStep
-    from latentcache.export.kv_update import UPDATES
+    from latentcache.model.graph_steps import BaseStep, CoprocessorStep
+    from latentcache.model.kv_update import UPDATES
 
     mc, batch, max_seq = base.config, config.batch, config.max_seq
-    dt = ONNX_DTYPES[dtype]
+    dt = str(dtype).removeprefix("torch.")
     query, attend = Dim("query", min=1, max=max_seq), Dim("attend", min=1, max=max_seq)
     update = UPDATES[config.kv_update]
     cache = [torch.zeros(batch, mc.num_kv_heads, max_seq, mc.head_dim, dtype=dtype) for _ in range(2 * mc.num_layers)]
@@ -219,31 +217,18 @@ def quiet_exporter():
 def check_io(model, plan: GraphPlan) -> None:
     """The exported graph's named I/O must be exactly the contract's (names, order, element types, rank)."""
     for kind, actual, expected in (("inputs", model.graph.input, plan.inputs), ("outputs", model.graph.output, plan.outputs)):
-        got = [(v.name, ELEMENT_TYPES.get(v.type.tensor_type.elem_type, "other"), len(v.type.tensor_type.shape.dim))
+        got = [(v.name, dtypes.ONNX_ELEMENT_TYPES.get(v.type.tensor_type.elem_type, "other"), len(v.type.tensor_type.shape.dim))
                for v in actual]
         want = [(s.name, s.dtype, len(s.shape)) for s in expected]
         if got != want:
             raise RuntimeError(f"{plan.name}.onnx {kind} differ from the contract:\n got  {got}\n want {want}")
 
 
-def load_models(config: ExportConfig):
-    """The base ``Decoder`` and the coprocessor (LoRA merged) in the export dtype, or ``None``."""
-    from latentcache.model import load_decoder
+def export_dtype(config: ExportConfig) -> str:
+    """The short dtype name to export in: ``--dtype``, else bf16 for Gemma (its activations overflow fp16), else fp32."""
     from latentcache.model.loading import read_model_config
 
-    model_type = read_model_config(config.base).model_type
-    dtype = DTYPES[config.dtype or ("bf16" if model_type in GEMMA_TYPES else "fp32")]
-    if config.coprocessor is None:
-        return load_decoder(config.base, dtype=dtype), None, dtype
-    from latentcache.train.checkpoint import load_coprocessor
-    from latentcache.train.coprocessor import merge_lora
-
-    base, coprocessor = load_coprocessor(config.coprocessor, config.base)
-    if coprocessor.network is not None:
-        merge_lora(coprocessor.network)
-        coprocessor.network.cast(dtype)
-    coprocessor.soft_tokens.data = coprocessor.soft_tokens.data.to(dtype)
-    return base.cast(dtype), coprocessor, dtype
+    return config.dtype or ("bf16" if read_model_config(config.base).model_type in GEMMA_TYPES else "fp32")
 
 
 def copy_tokenizer(base: Path, directory: Path) -> tuple[tuple[str, ...], str | None]:
@@ -275,8 +260,7 @@ def tool_versions() -> dict[str, str]:
 def coprocessor_metadata(directory: Path | None) -> dict:
     if directory is None:
         return {}
-    from latentcache.registry import sha256_of
-    from latentcache.train.checkpoint import WEIGHTS, load_state, resolve_checkpoint
+    from latentcache.model.checkpoint import WEIGHTS, load_state, resolve_checkpoint
 
     directory = resolve_checkpoint(Path(directory))
     state = load_state(directory)
@@ -286,45 +270,44 @@ def coprocessor_metadata(directory: Path | None) -> dict:
 
 def export_artifacts(config: ExportConfig, progress: Callable[[str], None] | None = None) -> Path:
     """Write the artifacts directory ``config.out``; returns its path."""
-    from latentcache.export.kv_update import OPSET
+    from latentcache.model.kv_update import OPSET
+
+    from latentcache.model.checkpoint import load_models
 
     say = progress or (lambda message: print(message, file=sys.stderr))
-    base, coprocessor, dtype = load_models(config)
+    short = export_dtype(config)
+    base, coprocessor = load_models(config.base, config.coprocessor, short)
+    dtype = getattr(torch, dtypes.from_short(short))
     if config.max_seq > base.config.max_position_embeddings:
         raise LatentcacheError(
             f"--max-seq {config.max_seq} exceeds the model's {base.config.max_position_embeddings} positions"
         )
     out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staging_directory(out) as staging:
         store = WeightStore(staging / WEIGHTS_FILE)
         graphs = {}
         for plan in plan_graphs(base, coprocessor, config, dtype):
-            say(f"exporting {plan.name}.onnx ({config.kv_update} kv update, {ONNX_DTYPES[dtype]})")
+            say(f"exporting {plan.name}.onnx ({config.kv_update} kv update, {dtypes.from_short(short)})")
             graphs[plan.name] = export_graph(plan, OPSET[config.kv_update], store, staging)
         tokenizer_files, template = copy_tokenizer(Path(config.base), staging)
         manifest = build_manifest(base, coprocessor, config, dtype, graphs, tokenizer_files, template, staging)
         (staging / contract.MANIFEST_FILE).write_text(manifest.to_json())
-        replace_directory(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        replace_directory(staging, out)  # an existing --out (allowed by --force) is moved aside, then deleted
     say(f"wrote {out} ({sum(f.stat().st_size for f in out.iterdir()) / 2**20:.1f} MiB)")
     return out
 
 
 def build_manifest(base, coprocessor, config, dtype, graphs, tokenizer_files, template, staging) -> contract.Manifest:
-    from latentcache.export.kv_update import OPSET
-    from latentcache.registry import sha256_of
+    from latentcache.model.kv_update import OPSET
 
     mc = base.config
+    dtype_name = str(dtype).removeprefix("torch.")
     files = sorted(p.name for p in staging.iterdir() if p.is_file())
     return contract.Manifest(
         graphs=graphs,
-        kv=contract.KVSpec(mc.num_layers, mc.num_kv_heads, mc.head_dim, config.max_seq, config.batch, ONNX_DTYPES[dtype]),
+        kv=contract.KVSpec(mc.num_layers, mc.num_kv_heads, mc.head_dim, config.max_seq, config.batch, dtype_name),
         model=mc.to_dict(),
-        dtype=ONNX_DTYPES[dtype],
+        dtype=dtype_name,
         kv_update=config.kv_update,
         hidden_size=mc.hidden_size,
         vocab_size=mc.vocab_size,
@@ -341,15 +324,3 @@ def build_manifest(base, coprocessor, config, dtype, graphs, tokenizer_files, te
         sources={"base": str(Path(config.base).resolve()),
                  "coprocessor": str(Path(config.coprocessor).resolve()) if config.coprocessor else None},
     )
-
-
-def replace_directory(staging: Path, out: Path) -> None:
-    """Rename ``staging`` to ``out``; an existing ``out`` (allowed by --force) is moved aside first."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(out)

@@ -3,7 +3,7 @@
 One code path for both flavours (their Python APIs are the same; ``load_tensorrt`` picks the module):
 parse the ONNX from its path (so the shared ``weights.bin`` resolves as external data), create a strongly
 typed network (precision is the ONNX dtypes), add one optimization profile from the manifest's named
-dimensions (``runtime.backends.tensorrt_support.dynamic_ranges``), build, and write
+dimensions (``latentcache.tensorrt_support.dynamic_ranges``), build, and write
 ``ARTIFACTS/engines/<flavour>/<graph>.engine`` atomically with ``<graph>.json`` (``EngineMetadata``) beside it.
 
 TensorRT builds on (and for) the GPU it runs on, so its metadata records that GPU's compute capability and
@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from latentcache.errors import LatentcacheError
-from latentcache.runtime import manifest as contract
-from latentcache.runtime.backend import BackendUnavailable
-from latentcache.runtime.backends.tensorrt_support import (
+from latentcache.contract import manifest as contract
+from latentcache.contract.files import sha256_of, write_atomically
+from latentcache.errors import BackendUnavailable, LatentcacheError
+from latentcache.tensorrt_support import (
     AHEAD_OF_TIME,
     DTYPE_NAMES,
     RTX_DEFAULT_TARGETS,
@@ -36,7 +36,6 @@ from latentcache.runtime.backends.tensorrt_support import (
     network_flags,
     now_utc,
     profile_shapes,
-    write_atomically,
 )
 
 TIMING_CACHE = "timing.cache"
@@ -53,7 +52,6 @@ def build_engines(artifacts: Path, backend: str = "auto", workspace_gb: float | 
     Raises ``BackendUnavailable`` when the library is missing, ``LatentcacheError`` when a graph does
     not parse or build (one line, with the parser's or builder's errors).
     """
-    from latentcache.registry import sha256_of
 
     say = progress or (lambda message: print(message, file=sys.stderr))
     if workspace_gb is not None and workspace_gb <= 0:
@@ -198,7 +196,7 @@ def build_target(flavour: str) -> tuple[str, tuple[str, ...]]:
 
 def gpu_compute_capability(device: int = 0) -> str:
     """The build GPU's ``major.minor`` through cuda-python, else nvidia-smi; TensorRT cannot build without one."""
-    from latentcache.runtime.backends.cuda import CudaRuntime
+    from latentcache.cuda import CudaRuntime
 
     try:
         return CudaRuntime(device).compute_capability

@@ -14,6 +14,25 @@ import click
 
 from latentcache.errors import LatentcacheError
 
+# The runtime's names, spelled once for every command (tests/test_cli_train.py checks them against
+# runtime.backends.BACKENDS and runtime.generator.POLICIES; importing those here would slow --help).
+BACKENDS = ("auto", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "torch")
+POLICIES = ("end-of-prompt", "every-n", "entropy", "async")
+TASKS = ("arc-easy", "arc-challenge", "mmlu", "gsm8k")
+
+
+def backend_option(default: str = "auto"):
+    return click.option("--backend", default=default, show_default=True, type=click.Choice(BACKENDS))
+
+
+def policy_option(help_text: str = "When the coprocessor runs."):
+    return click.option("--policy", default="end-of-prompt", show_default=True, type=click.Choice(POLICIES),
+                        help=help_text)
+
+
+def threads_option():
+    return click.option("--threads", type=click.IntRange(1), help="CPU threads (ONNX Runtime).")
+
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
@@ -85,7 +104,7 @@ def generate(prompt: str, base: Path, max_new_tokens: int, temperature: float, t
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML file of TrainConfig keys.")
 @click.option("--base", help="Frozen base: a Hugging Face checkpoint directory.")
 @click.option("--data", multiple=True, help="Text files, directories, tar archives or JSONL (default: Gutenberg).")
-@click.option("--latents", type=int, help="N_L latents per augmentation point.")
+@click.option("--latents", "--num-latents", "num_latents", type=int, help="N_L latents per augmentation point.")
 @click.option("--out", help="Run directory (checkpoint, metrics.jsonl).")
 @click.option("--max-steps", type=int)
 @click.option("--ahead", type=int, help="N_A ahead tokens per point (default 16).")
@@ -124,18 +143,18 @@ def train(config_file: Path | None, resume: bool, **overrides) -> None:
 @click.option("--batch-size", default=2, show_default=True, type=click.IntRange(2))
 @click.option("--points", default=16, show_default=True, type=click.IntRange(1), help="Augmentation points per sequence.")
 @click.option("--shuffled/--no-shuffled", default=True, show_default=True, help="Also run the shuffled-latents control.")
-@click.option("--tasks", multiple=True, type=click.Choice(["arc-easy", "arc-challenge", "mmlu", "gsm8k"]),
+@click.option("--tasks", multiple=True, type=click.Choice(TASKS),
               help="Benchmarks with the coprocessor called once at the end of the prompt.")
 @click.option("--limit", type=click.IntRange(1), help="Items per benchmark task.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
-def evaluate(base: Path, coprocessors, data, json_out: Path, seq_len: int, sequences: int, batch_size: int,
-             points: int, shuffled: bool, tasks, limit, device: str) -> None:
+def evaluate(**options) -> None:
     """Relative perplexity change by position (the paper's Table 1) and benchmarks, against the frozen base."""
+    from latentcache.train.config import EvalConfig
     from latentcache.train.run import run_evaluation
 
-    run_evaluation(base, tuple(coprocessors), tuple(data), json_out, seq_len, sequences, batch_size, points,
-                   shuffled, tuple(tasks), limit, device)
-    click.echo(json_out.with_suffix(".md").read_text())
+    config = EvalConfig(**options)
+    run_evaluation(config)
+    click.echo(config.json_out.with_suffix(".md").read_text())
 
 
 @main.command("export")
@@ -170,11 +189,9 @@ def build_command(artifacts: Path, backend: str, workspace: float | None) -> Non
 def runtime_options(command):
     """Options shared by run/chat: backend, policy, sampling."""
     options = [
-        click.option("--backend", default="auto", show_default=True,
-                     type=click.Choice(["auto", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "torch"])),
+        backend_option(),
         click.option("--no-coprocessor", is_flag=True, help="The base model alone."),
-        click.option("--policy", default="end-of-prompt", show_default=True,
-                     type=click.Choice(["end-of-prompt", "every-n", "entropy", "async"])),
+        policy_option(),
         click.option("--every", default=32, show_default=True, type=click.IntRange(1), help="Tokens between augmentations (every-n)."),
         click.option("--entropy", default=2.5, show_default=True, type=float, help="Entropy threshold in nats (entropy)."),
         click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(1)),
@@ -182,7 +199,7 @@ def runtime_options(command):
         click.option("--top-k", default=0, show_default=True, type=click.IntRange(0)),
         click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True)),
         click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--threads", type=click.IntRange(1), help="CPU threads (ONNX Runtime)."),
+        threads_option(),
         click.option("--chat/--raw", default=True, show_default=True, help="Wrap prompts in the chat template."),
     ]
     for option in reversed(options):
@@ -190,24 +207,24 @@ def runtime_options(command):
     return command
 
 
-def _request(artifacts, backend, no_coprocessor, policy, every, entropy, temperature, top_k, top_p, seed, threads):
-    from latentcache.runtime import Pipeline
+def _request(artifacts: Path, no_coprocessor: bool, temperature: float, top_k: int, top_p: float, seed: int,
+             **options):
+    from latentcache.runtime.session import RunConfig, Session
     from latentcache.sampling import Sampling
 
-    pipeline = Pipeline(artifacts, backend, threads)
-    click.echo(f"backend: {pipeline.backend.describe()}", err=True)
-    chosen = pipeline.policy(not no_coprocessor and pipeline.has_coprocessor, policy, every=every, entropy=entropy)
-    return pipeline, chosen, Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    session = Session(RunConfig(artifacts=artifacts, coprocessor=not no_coprocessor, sampling=sampling, **options))
+    click.echo(f"backend: {session.pipeline.backend.describe()}", err=True)
+    return session
 
 
 @main.command("run")
 @click.argument("artifacts", type=click.Path(path_type=Path))
 @click.argument("prompt")
 @runtime_options
-def run_command(artifacts: Path, prompt: str, max_new_tokens: int, chat: bool, **options) -> None:
+def run_command(artifacts: Path, prompt: str, **options) -> None:
     """Answer PROMPT with ARTIFACTS; only the generated text goes to stdout."""
-    pipeline, policy, sampling = _request(artifacts, **options)
-    for piece in pipeline.stream(prompt, max_new_tokens, sampling, policy, chat):
+    for piece in _request(artifacts, **options).answer(prompt):
         click.echo(piece, nl=False)
     click.echo()
 
@@ -215,9 +232,9 @@ def run_command(artifacts: Path, prompt: str, max_new_tokens: int, chat: bool, *
 @main.command("chat")
 @click.argument("artifacts", type=click.Path(path_type=Path))
 @runtime_options
-def chat_command(artifacts: Path, max_new_tokens: int, chat: bool, **options) -> None:
+def chat_command(artifacts: Path, **options) -> None:
     """An interactive loop: one prompt per line, an empty line or Ctrl-D ends it."""
-    pipeline, policy, sampling = _request(artifacts, **options)
+    session = _request(artifacts, **options)
     while True:
         try:
             prompt = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
@@ -225,24 +242,22 @@ def chat_command(artifacts: Path, max_new_tokens: int, chat: bool, **options) ->
             break
         if not prompt.strip():
             break
-        for piece in pipeline.stream(prompt, max_new_tokens, sampling, policy, chat):
+        for piece in session.answer(prompt):
             click.echo(piece, nl=False)
         click.echo()
 
 
 @main.command("bench")
 @click.argument("artifacts", type=click.Path(path_type=Path))
-@click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "torch"]))
+@backend_option()
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the report here.")
 @click.option("--prompt-tokens", default=128, show_default=True, type=int)
 @click.option("--new-tokens", default=128, show_default=True, type=int)
 @click.option("--repetitions", default=5, show_default=True, type=int)
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(0))
 @click.option("--no-coprocessor", is_flag=True)
-@click.option("--policy", default="end-of-prompt", show_default=True,
-              type=click.Choice(["end-of-prompt", "every-n", "entropy", "async"]))
-@click.option("--threads", type=click.IntRange(1))
+@policy_option()
+@threads_option()
 def bench_command(artifacts: Path, backend: str, json_out: Path | None, no_coprocessor: bool, threads, **options) -> None:
     """Latency of ARTIFACTS: time to first token, coprocessor + absorb, decode median/p90, memory."""
     from latentcache.runtime.bench import BenchConfig, format_report, run_bench
@@ -255,15 +270,13 @@ def bench_command(artifacts: Path, backend: str, json_out: Path | None, no_copro
 @click.argument("artifacts", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "torch"]))
-@click.option("--policy", default="end-of-prompt", show_default=True,
-              type=click.Choice(["end-of-prompt", "every-n", "entropy", "async"]), help="Server default policy.")
+@backend_option()
+@policy_option("Server default policy.")
 @click.option("--no-coprocessor", is_flag=True, help="Server default: the base model alone (a request may override).")
 @click.option("--api-key", envvar="LATENTCACHE_API_KEY", help="Require this bearer token (or $LATENTCACHE_API_KEY).")
 @click.option("--queue-size", default=16, show_default=True, type=click.IntRange(1),
               help="Requests waiting for the model before new ones get 503.")
-@click.option("--threads", type=click.IntRange(1), help="CPU threads (ONNX Runtime).")
+@threads_option()
 @click.option("--model-name", help="The id /v1/models reports (default: the artifacts folder name).")
 def serve_command(artifacts: Path, no_coprocessor: bool, **options) -> None:
     """An OpenAI-compatible HTTP server over ARTIFACTS (/v1/chat/completions, /v1/completions, /v1/models)."""
@@ -275,8 +288,7 @@ def serve_command(artifacts: Path, no_coprocessor: bool, **options) -> None:
 @main.command("demo")
 @click.option("--prompt", default="What is the capital of France?", show_default=True)
 @click.option("--max-new-tokens", default=48, show_default=True, type=click.IntRange(1))
-@click.option("--backend", default="onnxruntime-cpu", show_default=True,
-              type=click.Choice(["auto", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "torch"]))
+@backend_option("onnxruntime-cpu")
 def demo_command(prompt: str, max_new_tokens: int, backend: str) -> None:
     """SmolLM2 with the embedded default coprocessor: one prompt with and without it, and the latency table."""
     from latentcache.demo import format_demo, run_demo

@@ -33,8 +33,9 @@ def artifacts_dir() -> Path:
 
 def ensure_artifacts(progress) -> Path:
     """The exported default; re-exported when missing or made from another default checkpoint."""
-    from latentcache.registry import fetch, sha256_of
-    from latentcache.runtime.manifest import ManifestError, load_manifest
+    from latentcache.contract.files import sha256_of
+    from latentcache.registry import fetch
+    from latentcache.contract.manifest import ManifestError, load_manifest
 
     target = artifacts_dir()
     weights_sha = sha256_of(DEFAULT_COPROCESSOR / "coprocessor.safetensors")

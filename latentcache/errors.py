@@ -24,3 +24,8 @@ class AssetError(LatentcacheError):
 
 class DataError(LatentcacheError):
     """A training or evaluation corpus is missing, unreadable, malformed or too small for the requested packing."""
+
+
+class BackendUnavailable(LatentcacheError):
+    """A runtime backend's (or the TensorRT builder's) library or device is missing; the message names what to
+    install."""

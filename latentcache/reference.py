@@ -35,7 +35,7 @@ def generate_text(base: Path, prompt: str, max_new_tokens: int, sampling: Sampli
 
     from latentcache.model import load_decoder
     from latentcache.model.generate import stream_tokens
-    from latentcache.runtime.tokenizer import stream_text
+    from latentcache.text import stream_text
 
     decoder = load_decoder(base)
     tokenizer = load_tokenizer(base)

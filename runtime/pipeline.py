@@ -10,7 +10,7 @@ import numpy as np
 from latentcache.errors import LatentcacheError
 from latentcache.runtime.backends import open_backend
 from latentcache.runtime.generator import Generator, Policy, RequestStats, make_policy
-from latentcache.runtime.manifest import load_manifest
+from latentcache.contract.manifest import load_manifest
 from latentcache.runtime.tokenizer import Tokenizer
 from latentcache.sampling import Sampling
 

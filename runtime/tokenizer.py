@@ -11,8 +11,9 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from latentcache.contract.manifest import Manifest
 from latentcache.errors import LatentcacheError
-from latentcache.runtime.manifest import Manifest
+from latentcache.text import stream_text
 
 
 class Tokenizer:
@@ -69,18 +70,3 @@ class Tokenizer:
     def stream(self, tokens: Iterable[int]) -> Iterator[str]:
         """Text pieces as tokens arrive; stops before a stop id."""
         return stream_text(tokens, self.decode, self.stop_ids)
-
-
-def stream_text(tokens: Iterable[int], decode, stop_ids) -> Iterator[str]:
-    """Text pieces of ``decode(ids so far)`` as tokens arrive, ending before a stop id. Whole-prefix decoding
-    keeps multi-byte characters that span tokens intact (a piece is held back while it ends in U+FFFD)."""
-    ids: list[int] = []
-    emitted = ""
-    for token in tokens:
-        if token in stop_ids:
-            return
-        ids.append(int(token))
-        text = decode(ids)
-        if not text.endswith("\ufffd"):
-            yield text[len(emitted):]
-            emitted = text

@@ -25,8 +25,8 @@ class Exported:
 def save_random_coprocessor(base_dir: Path, out: Path, num_latents: int = NUM_LATENTS, seed: int = 0) -> Path:
     """A LoRA coprocessor checkpoint with random (non-zero) adapters, as training would write it."""
     from latentcache.model import load_decoder
-    from latentcache.train.checkpoint import base_fingerprint, save_checkpoint
-    from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig
+    from latentcache.model.checkpoint import base_fingerprint, save_checkpoint
+    from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
 
     config = CoprocessorConfig(num_latents=num_latents, lora_rank=4)
     coprocessor = Coprocessor(load_decoder(base_dir), config, seed=seed)
@@ -44,7 +44,7 @@ def save_random_coprocessor(base_dir: Path, out: Path, num_latents: int = NUM_LA
 def export_tiny(arch: str, directory: Path, kv_update: str = "inplace", batch: int = 2, max_seq: int = 64,
                 dtype: str = "fp32") -> Exported:
     from latentcache.export.onnx_export import ExportConfig, export_artifacts
-    from latentcache.train.checkpoint import load_coprocessor
+    from latentcache.model.checkpoint import load_coprocessor
 
     base_dir = directory / "base"
     build_tiny(arch, base_dir)

@@ -110,7 +110,7 @@ def test_train_writes_checkpoint_and_metrics_and_resume_continues_exactly(worksp
     assert sorted(p.name for p in checkpoint.iterdir()) == ["coprocessor.safetensors", "optimizer.safetensors",
                                                              "state.json"]
     state = json.loads((checkpoint / "state.json").read_text())
-    assert state["step"] == 3 and state["train_config"]["latents"] == 2 and state["train_config"]["val_fraction"] == 0.3
+    assert state["step"] == 3 and state["train_config"]["num_latents"] == 2 and state["train_config"]["val_fraction"] == 0.3
     assert set(state["fingerprints"]) == {"base", "tokenizer", "data"} and all(state["fingerprints"].values())
     assert "soft_tokens" in load_file(checkpoint / "coprocessor.safetensors")
     metrics = metric_lines(tmp_path / "a")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from latentcache.errors import DataError
+from latentcache.paths import shared_dir
 from latentcache.train import data
 
 WORDS = "the a cat dog bird sat ran flew on over under mat hill tree red blue green big small quick slow".split()
@@ -241,7 +242,7 @@ def test_cache_is_reused_without_tokenizing(tmp_path, tok, monkeypatch):
     def must_not_run(*args):
         raise AssertionError("tokenized again although nothing changed")
 
-    monkeypatch.setattr(data, "_encode_batch", must_not_run)
+    monkeypatch.setattr(data.cache, "_encode_batch", must_not_run)
     second = prepare([src], tok, tmp_path)
     assert second["train"].path == first["train"].path and meta.stat().st_mtime_ns == stamp
     assert np.array_equal(second["train"].rows, first["train"].rows)
@@ -252,8 +253,8 @@ def test_cache_is_rebuilt_when_a_source_changes(tmp_path, tok, monkeypatch):
     first = prepare([tmp_path / "a.txt"], tok, tmp_path, val_fraction=0.0)
     (tmp_path / "a.txt").write_text("the dog ran over the hill " * 4)
     calls = []
-    real = data._encode_batch
-    monkeypatch.setattr(data, "_encode_batch", lambda *args: calls.append(1) or real(*args))
+    real = data.cache._encode_batch
+    monkeypatch.setattr(data.cache, "_encode_batch", lambda *args: calls.append(1) or real(*args))
     second = prepare([tmp_path / "a.txt"], tok, tmp_path, val_fraction=0.0)
     assert calls and second["train"].path.parent != first["train"].path.parent
     assert second["train"][0].tolist() == ids_of(tok, "the dog ran over the hill " * 4)[:8]
@@ -267,7 +268,7 @@ def test_interrupted_build_leaves_no_complete_looking_cache(tmp_path, tok, monke
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "_encode_batch", interrupted)
+    monkeypatch.setattr(data.cache, "_encode_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare([src], tok, tmp_path)
     assert list((tmp_path / "cache").iterdir()) == []  # the staging folder is gone, nothing was published
@@ -366,7 +367,7 @@ def test_blank_or_all_excluded_corpus(tmp_path, tok):
 
 def test_zero_tokens(tmp_path, tok, monkeypatch):
     (tmp_path / "a.txt").write_text("the cat")
-    monkeypatch.setattr(data, "_encode_batch", lambda tokenizer, texts: [[] for _ in texts])
+    monkeypatch.setattr(data.cache, "_encode_batch", lambda tokenizer, texts: [[] for _ in texts])
     with pytest.raises(DataError) as excinfo:
         prepare([tmp_path / "a.txt"], tok, tmp_path)
     one_line_error(excinfo, tmp_path / "a.txt", "zero tokens")
@@ -448,9 +449,9 @@ def test_config_validation(tmp_path, tok, kwargs, fragment):
 # ---------------------------------------------------------------------------------------------------------
 # The shared corpora
 
-SMOLLM2 = data.shared_dir() / "data" / "smollm2-135m-instruct" / "tokenizer.json"
+SMOLLM2 = shared_dir() / "data" / "smollm2-135m-instruct" / "tokenizer.json"
 needs_shared = pytest.mark.skipif(
-    not (data.shared_dir() / data.GUTENBERG_DIR).is_dir() or not SMOLLM2.is_file(),
+    not (shared_dir() / data.GUTENBERG_DIR).is_dir() or not SMOLLM2.is_file(),
     reason="the shared data folder (../shared or $LATENTCACHE_SHARED) is not here",
 )
 AUSTEN = ("emma", "pride", "sense")
@@ -458,7 +459,7 @@ AUSTEN = ("emma", "pride", "sense")
 
 def test_shared_folder_override(tmp_path, monkeypatch):
     monkeypatch.setenv("LATENTCACHE_SHARED", str(tmp_path))
-    assert data.shared_dir() == tmp_path
+    assert shared_dir() == tmp_path
     with pytest.raises(DataError) as excinfo:
         data.default_gutenberg_sources()
     one_line_error(excinfo, tmp_path / "data" / "gutenberg-fiction" / "british-novels.tar.xz", "LATENTCACHE_SHARED")

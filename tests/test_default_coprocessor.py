@@ -21,13 +21,15 @@ TOLERANCE_POINTS = 0.05  # percentage points; the slice's own bootstrap interval
 @pytest.mark.skipif("slice" not in SHIPPED, reason="this default ships without a reproducible eval slice")
 def test_cpu_eval_reproduces_the_shipped_slice(tmp_path):
     from latentcache.registry import fetch
+    from latentcache.train.config import EvalConfig
     from latentcache.train.run import run_evaluation
 
     os.environ.setdefault("LATENTCACHE_HOME", str(Path(__file__).resolve().parents[1] / ".cache"))
     shipped = SHIPPED["slice"]
-    report = run_evaluation(Path(fetch("smollm2-135m-instruct")), (DEFAULT_COPROCESSOR,), (), tmp_path / "slice.json",
-                            seq_len=1024, sequences=shipped["sequences"], batch_size=shipped["batch_size"],
-                            points=shipped["points"], shuffled=False, tasks=(), limit=None, device="cpu")
+    report = run_evaluation(EvalConfig(
+        base=Path(fetch("smollm2-135m-instruct")), json_out=tmp_path / "slice.json", coprocessors=(DEFAULT_COPROCESSOR,),
+        seq_len=1024, sequences=shipped["sequences"], batch_size=shipped["batch_size"], points=shipped["points"],
+        shuffled=False, device="cpu"))
     for set_name, expected in shipped["relative_change_pct"].items():
         rows = next(r for name, r in report["perplexity"][set_name].items() if name != "no-augmentation")["rows"]
         measured = {str(row["position"]): row["relative_change_pct"] for row in rows}

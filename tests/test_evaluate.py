@@ -12,8 +12,11 @@ from latentcache.errors import LatentcacheError
 from latentcache.model import load_decoder
 from latentcache.model.generate import generate
 from latentcache.model.masks import causal_mask
+from latentcache import tasks
+from latentcache.model import generate as generate_steps
+from latentcache.paths import shared_dir
 from latentcache.train import benchmarks as bm
-from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig
+from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
 from latentcache.train.evaluate import (
     PerplexityConfig,
     PerplexityResult,
@@ -22,7 +25,7 @@ from latentcache.train.evaluate import (
     markdown_table,
     plot_relative_change,
 )
-from latentcache.train.layout import sample_points
+from latentcache.model.layout import sample_points
 from latentcache.train.objective import base_cache_for
 
 N_L = 3
@@ -171,45 +174,45 @@ def write_fake_data(root):
 
 def test_readers_parse_the_fake_formats(tmp_path):
     root = write_fake_data(tmp_path / "data")
-    arc = bm.read_arc(root, "Easy")
+    arc = tasks.read_arc(root, "Easy")
     assert len(arc) == 4 and arc[0].choices == ("blue", "green", "red") and arc[0].answer == 2 and arc[3].answer == 1
-    mmlu = bm.read_mmlu(root, "test")
+    mmlu = tasks.read_mmlu(root, "test")
     assert [i.subject for i in mmlu] == ["algebra", "algebra", "biology", "biology"] and mmlu[0].answer == 3
-    assert bm.read_mmlu(root, "dev")[0].question == "1+1, twice?"
-    gsm = bm.read_gsm8k(root, "test")
+    assert tasks.read_mmlu(root, "dev")[0].question == "1+1, twice?"
+    gsm = tasks.read_gsm8k(root, "test")
     assert [i.answer for i in gsm] == ["10", "1000"]
-    assert "<<" not in bm.gsm8k_prompt(gsm[1], gsm[:1]) and bm.gsm8k_prompt(gsm[1], []).endswith("999+1?\nAnswer:")
-    assert [i.subject for i in bm._spread(mmlu, 3)] == ["algebra", "biology", "algebra"]
+    assert "<<" not in tasks.gsm8k_prompt(gsm[1], gsm[:1]) and tasks.gsm8k_prompt(gsm[1], []).endswith("999+1?\nAnswer:")
+    assert [i.subject for i in tasks.spread(mmlu, 3)] == ["algebra", "biology", "algebra"]
 
 
 def test_readers_parse_the_shared_eval_sets():
-    root = bm.data_root()
-    easy, challenge = bm.read_arc(root, "Easy"), bm.read_arc(root, "Challenge")
+    root = tasks.data_root()
+    easy, challenge = tasks.read_arc(root, "Easy"), tasks.read_arc(root, "Challenge")
     assert (len(easy), len(challenge)) == (2376, 1172)
     assert easy[0].question.startswith("Which statement best explains why photosynthesis") and easy[0].answer == 0
     assert all(2 <= len(i.choices) <= 5 for i in easy + challenge)
-    test, dev = bm.read_mmlu(root, "test"), bm.read_mmlu(root, "dev")
+    test, dev = tasks.read_mmlu(root, "test"), tasks.read_mmlu(root, "dev")
     assert (len(test), len(dev), len({i.subject for i in test})) == (14042, 285, 57)
     assert test[0].subject == "abstract_algebra" and test[0].choices[test[0].answer] == "4"
-    gsm_test, gsm_train = bm.read_gsm8k(root, "test"), bm.read_gsm8k(root, "train")
+    gsm_test, gsm_train = tasks.read_gsm8k(root, "test"), tasks.read_gsm8k(root, "train")
     assert (len(gsm_test), len(gsm_train)) == (1319, 7473)
     assert gsm_test[0].question.startswith("Janet") and gsm_test[0].answer == "18"
 
 
 def test_data_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("LATENTCACHE_SHARED", str(tmp_path))
-    assert bm.data_root() == tmp_path / "data"
+    assert tasks.data_root() == tmp_path / "data"
     with pytest.raises(LatentcacheError, match="no such file"):
-        bm.read_gsm8k()
+        tasks.read_gsm8k()
     monkeypatch.delenv("LATENTCACHE_SHARED")
-    assert bm.data_root() == bm.shared_dir() / "data" and bm.shared_dir().name == "shared"
+    assert tasks.data_root() == shared_dir() / "data" and shared_dir().name == "shared"
 
 
 def test_answer_extraction():
-    assert bm.extract_answer(" 3 apples, 4 pears = 7\n#### 1,200.0\n\nQuestion: 5?") == "1200"
-    assert bm.extract_answer(" she pays $12.50 then 3") == "3"
-    assert bm.extract_answer(" no numbers") is None
-    assert bm.normalize_number("-0.50") == "-0.5"
+    assert tasks.extract_answer(" 3 apples, 4 pears = 7\n#### 1,200.0\n\nQuestion: 5?") == "1200"
+    assert tasks.extract_answer(" she pays $12.50 then 3") == "3"
+    assert tasks.extract_answer(" no numbers") is None
+    assert tasks.normalize_number("-0.50") == "-0.5"
 
 
 def independent_choice_logprob(base, prompt_ids, choice_ids, latents=None):
@@ -229,7 +232,7 @@ def independent_choice_logprob(base, prompt_ids, choice_ids, latents=None):
 
 
 def test_scores_equal_an_independent_forward_and_the_best_choice_wins(base, coprocessor):
-    prompt = bm.arc_prompt(bm.ChoiceItem("Why is the sky blue?", ("scattering", "paint", "the sea"), 0))
+    prompt = tasks.arc_prompt(tasks.ChoiceItem("Why is the sky blue?", ("scattering", "paint", "the sea"), 0))
     scores = bm.score_choices(base, coprocessor, prompt, encode)
     prompt_ids = encode(prompt.prompt)
     with torch.no_grad():
@@ -246,17 +249,17 @@ def test_scores_equal_an_independent_forward_and_the_best_choice_wins(base, copr
 
 def test_greedy_decoding_matches_generate(base):
     ids = encode("Question: 2+2?\nAnswer:")
-    state = bm.prefill(base, ids, len(ids) + 6)
+    state = generate_steps.prefill(base, ids, len(ids) + 6)
     with torch.no_grad():
-        ours = bm.greedy_tokens(base, state, 6)
+        ours = generate_steps.greedy_tokens(base, state, 6)
     assert ours == generate(base, torch.tensor([ids]), max_new_tokens=6)[0].tolist()
 
 
 def test_run_benchmarks_baseline_and_augmented(base, coprocessor, tmp_path):
     root = write_fake_data(tmp_path / "data")
-    config = bm.BenchmarkConfig(limit=2, mmlu_shots=1, gsm8k_shots=1, max_new_tokens=4)
+    config = tasks.BenchmarkConfig(limit=2, mmlu_shots=1, gsm8k_shots=1, max_new_tokens=4)
     results = bm.run_benchmarks(base, coprocessor, encode, decode, config, root)
-    assert list(results) == list(bm.TASKS)
+    assert list(results) == list(tasks.TASKS)
     for task, result in results.items():
         assert result.n == 2 and result.num_latents == N_L and result.augmented is not None
         assert set(result.baseline) == set(result.augmented)
@@ -269,17 +272,17 @@ def test_run_benchmarks_baseline_and_augmented(base, coprocessor, tmp_path):
             assert gained + lost <= result.n
             assert (gained - lost) / result.n == pytest.approx(result.augmented[metric] - result.baseline[metric])
     json.dumps({t: r.to_dict() for t, r in results.items()})
-    assert bm.benchmark_markdown(results).count("\n") == 2 + 2 * 3 + 1
-    alone = bm.run_benchmarks(base, None, encode, decode, bm.BenchmarkConfig(tasks=("arc-easy",), limit=2), root)
+    assert tasks.benchmark_markdown(results).count("\n") == 2 + 2 * 3 + 1
+    alone = bm.run_benchmarks(base, None, encode, decode, tasks.BenchmarkConfig(tasks=("arc-easy",), limit=2), root)
     assert alone["arc-easy"].augmented is None and alone["arc-easy"].baseline == results["arc-easy"].baseline
 
 
 def test_long_prompts_are_cut_from_the_left(base, coprocessor):
-    long_prompt = bm.ChoicePrompt("x" * 400 + "\nAnswer:", (" yes", " no"), 0)
+    long_prompt = tasks.ChoicePrompt("x" * 400 + "\nAnswer:", (" yes", " no"), 0)
     result = bm.evaluate_choices(base, coprocessor, [long_prompt], encode, "long")
     assert result.truncated == 1 and result.n == 1
 
 
 def test_bad_benchmark_config_is_one_line_error():
     with pytest.raises(LatentcacheError, match="unknown task 'hellaswag'.*mmlu_shots"):
-        bm.BenchmarkConfig(tasks=("hellaswag",), mmlu_shots=9)
+        tasks.BenchmarkConfig(tasks=("hellaswag",), mmlu_shots=9)

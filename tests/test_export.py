@@ -13,8 +13,8 @@ import torch
 
 from latentcache.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from latentcache.runtime.generator import EndOfPrompt, Generator
-from latentcache.runtime.manifest import load_manifest
-from latentcache.train.benchmarks import PromptState, augment, extend, greedy_tokens, prefill
+from latentcache.contract.manifest import load_manifest
+from latentcache.model.generate import PromptState, augment, extend, greedy_tokens, prefill
 from tests.exported import PROMPTS, export_tiny
 from tests.tiny import ARCHITECTURES
 

@@ -6,8 +6,9 @@ import torch.nn.functional as F
 
 from latentcache.model import load_decoder
 from latentcache.model.masks import causal_mask
-from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig, merge_lora
-from latentcache.train.layout import group_mask, group_positions, sample_points
+from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
+from latentcache.model.lora import merge_lora
+from latentcache.model.layout import group_mask, group_positions, sample_points
 from latentcache.train.objective import augmented_predictions, base_cache_for, baseline_logprobs
 
 N_L, AHEAD = 3, 4
@@ -160,7 +161,7 @@ def test_latent_scale_matches_embedding_rms(models):
     tokens = torch.randint(0, base.config.vocab_size, (1, 16))
     with torch.no_grad():
         latents = coprocessor(base_cache_for(base, tokens), torch.tensor([[15]]), context_len=16)
-    from latentcache.train.coprocessor import embedding_rms
+    from latentcache.model.coprocessor import embedding_rms
 
     ratio = latents.pow(2).mean(-1).sqrt().mean().item() / embedding_rms(base)
     assert 0.3 < ratio < 3.0, f"latent RMS is {ratio:.2f}x the embedding RMS"
@@ -169,7 +170,7 @@ def test_latent_scale_matches_embedding_rms(models):
 def test_lora_adapters_live_on_the_device_of_their_layer():
     # A coprocessor built on a CUDA base (`latentcache eval` on a GPU) mixed devices once; "meta" stands in
     # for any non-CPU device here. The init is drawn on the CPU, so it does not depend on the device.
-    from latentcache.train.coprocessor import LoRALinear
+    from latentcache.model.lora import LoRALinear
 
     torch.manual_seed(0)
     on_meta = LoRALinear(torch.nn.Linear(8, 6, device="meta"), rank=2, alpha=4.0)

@@ -29,7 +29,7 @@ def export(base, out, dtype):
 
 def reference_tokens(base_dir, ids, count):
     from latentcache.model import load_decoder
-    from latentcache.train.benchmarks import greedy_tokens, prefill
+    from latentcache.model.generate import greedy_tokens, prefill
 
     base = load_decoder(base_dir)
     return greedy_tokens(base, prefill(base, ids, 256), count), base
@@ -64,8 +64,8 @@ def test_fp32_greedy_64_tokens_identical_and_chat_template_matches_transformers(
 def test_fp16_logits_cosine_and_16_greedy_tokens(smollm2_dir, tmp_path):
     from latentcache.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from latentcache.runtime.generator import Generator
-    from latentcache.runtime.manifest import load_manifest
-    from latentcache.train.benchmarks import prefill
+    from latentcache.contract.manifest import load_manifest
+    from latentcache.model.generate import prefill
 
     artifacts = export(smollm2_dir, tmp_path / "fp16", "fp16")
     generator = Generator(OnnxRuntimeBackend(artifacts, load_manifest(artifacts), separate_decode=True))

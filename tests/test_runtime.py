@@ -16,7 +16,7 @@ from latentcache.runtime.backend import BackendUnavailable
 from latentcache.runtime.backends import open_backend
 from latentcache.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from latentcache.runtime.generator import Async, EndOfPrompt, Entropy, EveryN, Generator, RequestStats
-from latentcache.runtime.manifest import ManifestError, load_manifest
+from latentcache.contract.manifest import ManifestError, load_manifest
 from latentcache.sampling import Sampling
 from tests.exported import NUM_LATENTS, PROMPTS, export_tiny
 from tests.test_packaging import run_blocked

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentcache.runtime import manifest as contract
-from latentcache.runtime.backend import BackendUnavailable
-from latentcache.runtime.backends import cuda as cuda_support
+from latentcache.contract import manifest as contract
+from latentcache.errors import BackendUnavailable
+from latentcache import cuda as cuda_support
 from latentcache.runtime.backends import tensorrt as trt_backend
-from latentcache.runtime.backends import tensorrt_support as trt_support
+from latentcache import tensorrt_support as trt_support
 from latentcache.runtime.backends.tensorrt import TensorRTBackend, cache_bindings
-from latentcache.runtime.backends.tensorrt_support import (
+from latentcache.tensorrt_support import (
     EngineMetadata,
     EngineMismatch,
     compute_capability_ok,
@@ -292,7 +292,7 @@ class FakeTRT:
 
 def write_fake_engines(directory: Path, manifest, flavour="tensorrt", version=FakeTRT.__version__, targets=("8.6",),
                        recorded_flavour=None):
-    from latentcache.registry import sha256_of
+    from latentcache.contract.files import sha256_of
 
     for graph in manifest.graphs:
         data = f"fake:{graph}".encode()
@@ -523,8 +523,8 @@ def test_missing_cuda_python_names_the_package(monkeypatch):
 def make_checkpoint(base: Path, out: Path) -> Path:
     """An untrained coprocessor checkpoint (a trained one exports the same graphs)."""
     from latentcache.model import load_decoder
-    from latentcache.train import checkpoint as ckpt
-    from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig
+    from latentcache.model import checkpoint as ckpt
+    from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
 
     coprocessor = Coprocessor(load_decoder(base), CoprocessorConfig(num_latents=N_LATENTS), seed=0)
     ckpt.save_checkpoint(out, dict(coprocessor.trainable_parameters()), None,
@@ -585,7 +585,7 @@ def check_build(artifacts: Path) -> list[Path]:
 @pytest.mark.parametrize("kv_update", ["inplace", "portable"])
 def test_tiny_model_builds_with_tensorrt_rtx(exported, kv_update):
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
-    from latentcache.runtime.backends.tensorrt_support import make_logger, network_flags
+    from latentcache.tensorrt_support import make_logger, network_flags
 
     artifacts = exported(FAST_ARCH, kv_update)
     check_build(artifacts)
@@ -616,7 +616,7 @@ def test_timing_cache_and_workspace_options(exported, tmp_path):
     """TensorRT's timing cache and workspace limit go through the same API on RTX (where timing is a no-op)."""
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
     from latentcache.export.tensorrt_build import TimingCache, build_graph
-    from latentcache.runtime.backends.tensorrt_support import make_logger
+    from latentcache.tensorrt_support import make_logger
 
     artifacts = exported(FAST_ARCH, "inplace")
     manifest, logger, timing = contract.load_manifest(artifacts), make_logger(trt), TimingCache(tmp_path / "t.cache")
@@ -633,7 +633,7 @@ def test_parser_errors_are_one_line(tmp_path):
 
     from latentcache.errors import LatentcacheError
     from latentcache.export.tensorrt_build import build_graph
-    from latentcache.runtime.backends.tensorrt_support import make_logger
+    from latentcache.tensorrt_support import make_logger
 
     graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], name="bogus")], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],

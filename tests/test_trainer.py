@@ -20,7 +20,7 @@ def random_sequences(count, vocab=97, seed=0):
 
 
 def tiny_config(path, out, **overrides):
-    values = dict(base=str(path), out=str(out), latents=2, ahead=4, points=3, seq_len=SEQ, batch_size=2,
+    values = dict(base=str(path), out=str(out), num_latents=2, ahead=4, points=3, seq_len=SEQ, batch_size=2,
                   max_steps=6, warmup_steps=2, lr=1e-3, eval_every=3, save_every=3, log_every=1, eval_batches=1)
     return TrainConfig(**{**values, **overrides})
 
@@ -97,7 +97,7 @@ def test_fifty_cpu_steps_beat_the_frozen_baseline(tiny_model, tmp_path):
 
 
 def test_checkpoint_reloads_the_same_coprocessor_and_refuses_another_base(tiny_model, tmp_path):
-    from latentcache.train.checkpoint import load_coprocessor
+    from latentcache.model.checkpoint import load_coprocessor
     from latentcache.train.objective import base_cache_for
 
     _, path = tiny_model("llama-gqa-tied")
@@ -116,7 +116,7 @@ def test_checkpoint_reloads_the_same_coprocessor_and_refuses_another_base(tiny_m
 def test_packed_checkpoint_is_fp16_without_optimizer_and_loads_as_rounded_weights(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    from latentcache.train.checkpoint import load_coprocessor, pack_checkpoint
+    from latentcache.model.checkpoint import load_coprocessor, pack_checkpoint
 
     _, path = tiny_model("llama-gqa-tied")
     run(tiny_config(path, tmp_path / "a", max_steps=3, lora_rank=2))
@@ -170,7 +170,7 @@ def test_latents_never_reach_across_an_end_of_sequence(tiny_model):
     """An ahead window that crosses an EOS: targets predicted from the next document get exactly the baseline's
     log-probs (no context of ``p``'s document, no latents), the ones before it still get the latents."""
     from latentcache.model import load_decoder
-    from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig
+    from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
     from latentcache.train.objective import augmented_predictions, baseline_logprobs, document_ids
 
     hf, path = tiny_model("llama-gqa-tied")

@@ -18,8 +18,8 @@ from contextlib import nullcontext
 import torch
 
 from latentcache.model import load_decoder
-from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig
-from latentcache.train.layout import sample_points
+from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
+from latentcache.model.layout import sample_points
 from latentcache.train.objective import augmented_predictions, base_cache_for, predict_groups
 
 
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--base", required=True)
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--points", type=int, default=64)
-    parser.add_argument("--latents", type=int, default=16)
+    parser.add_argument("--latents", "--num-latents", dest="num_latents", type=int, default=16)
     parser.add_argument("--ahead", type=int, default=16)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
@@ -93,14 +93,14 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
     base = load_decoder(args.base, dtype=dtype, device=device)
-    coprocessor = Coprocessor(base, CoprocessorConfig(args.latents)).to(device).float()
+    coprocessor = Coprocessor(base, CoprocessorConfig(args.num_latents)).to(device).float()
 
     one_pass = measure(base, coprocessor, args, args.batch, one_pass_loss, args.repeats, device, autocast)
     loop = measure(base, coprocessor, args, args.batch, loop_loss, 1, device, autocast)
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "base": args.base, "seq_len": args.seq_len, "points": args.points,
-        "latents": args.latents, "ahead": args.ahead, "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "num_latents": args.num_latents, "ahead": args.ahead, "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
         "one_pass": one_pass, "loop": loop, "speedup": loop["step_s"] / one_pass["step_s"],
     }
     if args.find_max_batch and device.type == "cuda":

@@ -25,7 +25,7 @@ class TrainConfig:
     base: str
     out: str
     data: tuple[str, ...] = ()  # empty: the Gutenberg corpus from shared/data
-    latents: int = 16  # N_L
+    num_latents: int = 16  # N_L
     ahead: int = 16  # N_A
     points: int = 0  # N_P per sequence; 0: the paper's 128 per 2048 tokens, scaled to seq_len
     seq_len: int = 1024
@@ -60,7 +60,7 @@ class TrainConfig:
 
     def _problems(self) -> list[str]:
         problems = []
-        positive = ("latents", "ahead", "seq_len", "batch_size", "grad_accum", "max_steps", "eval_every",
+        positive = ("num_latents", "ahead", "seq_len", "batch_size", "grad_accum", "max_steps", "eval_every",
                     "save_every", "log_every", "eval_batches")
         problems += [f"{name} must be >= 1" for name in positive if getattr(self, name) < 1]
         if self.ahead + 1 > self.seq_len:
@@ -91,11 +91,24 @@ class TrainConfig:
         return data
 
     @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A config as ``to_dict`` wrote it, also from checkpoints and YAML written before N_L was spelled
+        ``num_latents`` everywhere (they said ``latents``)."""
+        values = dict(values)
+        if "latents" in values and "num_latents" not in values:
+            values["num_latents"] = values.pop("latents")
+        if "data" in values:
+            values["data"] = tuple(values["data"])
+        return cls(**values)
+
+    @classmethod
     def from_sources(cls, yaml_path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
         """YAML values, then the command line's (``None`` = not given) on top."""
         values: dict[str, Any] = {}
         if yaml_path is not None:
             values.update(_read_yaml(Path(yaml_path)))
+            if "latents" in values and "num_latents" not in values:
+                values["num_latents"] = values.pop("latents")  # the key before N_L had one name
         values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
@@ -110,6 +123,37 @@ class TrainConfig:
         """Fields that differ from ``other`` and would change the run if resumed."""
         mine, theirs = self.to_dict(), other.to_dict()
         return sorted(k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs.get(k))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`latentcache eval`: Table-1 perplexity by position (and benchmarks) of coprocessors against the base."""
+
+    base: Path
+    json_out: Path
+    coprocessors: tuple[Path, ...] = ()
+    data: tuple[str, ...] = ()  # empty: held-out Gutenberg books + WikiText-2 test
+    seq_len: int = 1024
+    sequences: int = 32  # per validation set
+    batch_size: int = 2  # >= 2: the shuffled-latents control rolls latents across the batch
+    points: int = 16  # augmentation points per sequence
+    shuffled: bool = True  # also run the shuffled-latents control
+    tasks: tuple[str, ...] = ()  # benchmarks, the coprocessor called once at the end of the prompt
+    limit: int | None = None  # items per benchmark task
+    device: str = "auto"  # auto: CUDA when there is one
+
+    def __post_init__(self) -> None:
+        for name in ("coprocessors", "data", "tasks"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "base", Path(self.base))
+        object.__setattr__(self, "json_out", Path(self.json_out))
+        problems = [f"{name} must be >= 1" for name in ("sequences", "points") if getattr(self, name) < 1]
+        if self.batch_size < 2:
+            problems.append("batch_size must be >= 2 (the shuffled control rolls latents across the batch)")
+        if self.limit is not None and self.limit < 1:
+            problems.append("limit must be >= 1")
+        if problems:
+            raise ConfigError("invalid eval config: " + "; ".join(problems))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

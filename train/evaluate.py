@@ -26,8 +26,8 @@ import torch
 
 from latentcache.errors import LatentcacheError
 from latentcache.model import Decoder
-from latentcache.train.coprocessor import Coprocessor
-from latentcache.train.layout import sample_points
+from latentcache.model.coprocessor import Coprocessor
+from latentcache.model.layout import sample_points
 from latentcache.train.objective import augmented_predictions, baseline_logprobs, check_positions, document_ids
 
 POSITIONS = (1, 2, 4, 8, 16, 32)

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from latentcache.errors import LatentcacheError
 from latentcache.model import Decoder, KVCache, ModelConfig
 from latentcache.model.masks import causal_mask
-from latentcache.train.coprocessor import Coprocessor
-from latentcache.train.layout import group_mask, group_positions
+from latentcache.model.coprocessor import Coprocessor
+from latentcache.model.layout import group_mask, group_positions
 
 
 @dataclass
@@ -102,26 +102,26 @@ def predict_groups(
 ) -> GroupPredictions:
     """Frozen-base pass over every group [latents, ahead inputs]; log-probs of the ``ahead`` targets."""
     batch, n_points = points.shape
-    n_latents = latents.shape[1] // n_points
-    group_len = n_latents + ahead - 1
+    num_latents = latents.shape[1] // n_points
+    group_len = num_latents + ahead - 1
     inputs, targets = ahead_inputs(tokens, points, ahead)
-    embeds = torch.cat((latents.view(batch, n_points, n_latents, -1), base.embed(inputs)), dim=2).flatten(1, 2)
+    embeds = torch.cat((latents.view(batch, n_points, num_latents, -1), base.embed(inputs)), dim=2).flatten(1, 2)
     mask = group_mask(points, cache.max_seq, group_len, document_ids)  # the cache may be a cropped context
     if document_ids is not None:
-        members = _member_documents(document_ids, points, n_latents, ahead)  # [B, Q]
+        members = _member_documents(document_ids, points, num_latents, ahead)  # [B, Q]
         keys = torch.cat((document_ids, members), dim=1)
         mask &= members[:, :, None] == keys[:, None, :]
     hidden = base(inputs_embeds=embeds, position_ids=group_positions(points, group_len), attention_mask=mask,
                   prefix=cache)
-    predicting = hidden.view(batch, n_points, group_len, -1)[:, :, n_latents - 1 :]  # [B, P, ahead, H]
+    predicting = hidden.view(batch, n_points, group_len, -1)[:, :, num_latents - 1 :]  # [B, P, ahead, H]
     logprobs = F.log_softmax(base.logits(predicting).float(), dim=-1)
     return GroupPredictions(logprobs.gather(-1, targets[..., None]).squeeze(-1), points)
 
 
-def _member_documents(document_ids: torch.Tensor, points: torch.Tensor, n_latents: int, ahead: int) -> torch.Tensor:
+def _member_documents(document_ids: torch.Tensor, points: torch.Tensor, num_latents: int, ahead: int) -> torch.Tensor:
     """Document of every group member ``[B, n_points * group_len]``: the latents are ``p``'s, ahead input
     ``x[p+j]`` is its own."""
-    offsets = torch.cat((torch.zeros(n_latents, dtype=torch.long, device=points.device),
+    offsets = torch.cat((torch.zeros(num_latents, dtype=torch.long, device=points.device),
                          torch.arange(1, ahead, device=points.device)))
     return document_ids.gather(1, (points[:, :, None] + offsets).flatten(1))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from latentcache.train.config import TrainConfig
+from latentcache.train.config import EvalConfig, TrainConfig
 
 
 def prepare_training_data(config: TrainConfig, eos_id: int | None):
@@ -63,57 +63,55 @@ def _validation_sets(base: Path, data: tuple[str, ...], seq_len: int, eos_id: in
             "wikitext2-test": corpora.load_eval_text(corpora.wikitext_test_path(), base, seq_len, eos_id=eos_id)}
 
 
-def run_evaluation(base: Path, coprocessors: tuple[Path, ...], data: tuple[str, ...], json_out: Path,
-                   seq_len: int, sequences: int, batch_size: int, points: int, shuffled: bool,
-                   tasks: tuple[str, ...], limit: int | None, device: str = "auto") -> dict:
-    """Table-1 perplexity (and benchmarks when ``tasks``) for each coprocessor against the frozen base.
+def run_evaluation(config: EvalConfig) -> dict:
+    """Table-1 perplexity (and benchmarks when ``config.tasks``) for each coprocessor against the frozen base.
 
     ``device``: ``auto`` takes CUDA when there is one (fp32 weights either way, so a GPU figure and a CPU
     figure on the same slice differ only by kernel rounding).
 
-    Writes ``json_out``, a markdown table and a PNG plot beside it; returns the JSON document.
+    Writes ``config.json_out``, a markdown table and a PNG plot beside it; returns the JSON document.
     """
     import json
 
     import torch
 
     from latentcache.model import load_decoder
-    from latentcache.train.checkpoint import load_coprocessor
+    from latentcache.model.checkpoint import load_coprocessor
     from latentcache.train.data import leading_batches
-    from latentcache.train.evaluate import PerplexityConfig, evaluate_perplexity, markdown_table, \
-        plot_relative_change
-
+    from latentcache.train.evaluate import PerplexityConfig, evaluate_perplexity, markdown_table, plot_relative_change
     from latentcache.train.trainer import resolve_device
 
-    decoder = load_decoder(base, device=resolve_device(device))
+    base, json_out = config.base, config.json_out
+    decoder = load_decoder(base, device=resolve_device(config.device))
     eos_id = _eos_id(decoder.config)
     runs = {"no-augmentation": None}
-    for directory in coprocessors:
+    for directory in config.coprocessors:
         name = Path(directory).parent.name
         runs[name if name and name not in runs else str(directory)] = load_coprocessor(directory, base, decoder)[1]
     report: dict = {"perplexity": {}, "benchmarks": {}}
     markdown = []
-    for set_name, dataset in _validation_sets(Path(base), data, seq_len, eos_id).items():
+    for set_name, dataset in _validation_sets(base, config.data, config.seq_len, eos_id).items():
         results = {}
         for name, coprocessor in runs.items():
-            variants = [(name, False)] + ([(f"{name} (shuffled latents)", True)] if shuffled and coprocessor else [])
+            variants = [(name, False)] + ([(f"{name} (shuffled latents)", True)]
+                                          if config.shuffled and coprocessor else [])
             for label, shuffle in variants:
-                config = PerplexityConfig(points=points, shuffle_latents=shuffle, eos_id=eos_id)
-                batches = (torch.from_numpy(rows) for rows in leading_batches(dataset, sequences, batch_size))
-                results[label] = evaluate_perplexity(decoder, coprocessor, batches, config)
+                table = PerplexityConfig(points=config.points, shuffle_latents=shuffle, eos_id=eos_id)
+                rows = leading_batches(dataset, config.sequences, config.batch_size)
+                results[label] = evaluate_perplexity(decoder, coprocessor, map(torch.from_numpy, rows), table)
         report["perplexity"][set_name] = {label: r.to_dict() for label, r in results.items()}
         markdown.append(f"### {set_name}\n\n{markdown_table(results)}")
         plot_relative_change(results, json_out.with_name(f"{json_out.stem}-{set_name}.png"))
-    if tasks:
+    if config.tasks:
         from latentcache.reference import load_tokenizer
-        from latentcache.train.benchmarks import BenchmarkConfig, benchmark_markdown, run_benchmarks, \
-            tokenizer_functions
+        from latentcache.tasks import BenchmarkConfig, benchmark_markdown
+        from latentcache.train.benchmarks import run_benchmarks, tokenizer_functions
 
         encode, decode = tokenizer_functions(load_tokenizer(Path(base)))
         for name, coprocessor in runs.items():
             if coprocessor is None:
                 continue
-            results = run_benchmarks(decoder, coprocessor, encode, decode, BenchmarkConfig(tuple(tasks), limit))
+            results = run_benchmarks(decoder, coprocessor, encode, decode, BenchmarkConfig(config.tasks, config.limit))
             report["benchmarks"][name] = {task: r.to_dict() for task, r in results.items()}
             markdown.append(f"### benchmarks: {name}\n\n{benchmark_markdown(results)}")
     json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,11 +28,11 @@ import torch
 
 from latentcache.errors import CheckpointError, LatentcacheError
 from latentcache.model import ModelConfig, load_decoder
-from latentcache.train import checkpoint as ckpt
+from latentcache.model import checkpoint as ckpt
 from latentcache.train.config import ConfigError, TrainConfig
-from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig
+from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
 from latentcache.train.data import sequence_order, stack_rows
-from latentcache.train.layout import sample_points
+from latentcache.model.layout import sample_points
 from latentcache.train.objective import augmented_predictions, baseline_logprobs, check_positions, document_ids
 
 CHECKPOINT_DIR, METRICS_FILE = "checkpoint", "metrics.jsonl"
@@ -59,10 +59,10 @@ def resolve_device(name: str) -> torch.device:
 
 def check_against_base(config: TrainConfig, base: ModelConfig) -> None:
     """What the config alone cannot know: whether N_L and the sequence length fit this base."""
-    if config.latents > base.vocab_size:
-        raise ConfigError(f"--latents {config.latents} exceeds the base's vocabulary of {base.vocab_size} tokens "
+    if config.num_latents > base.vocab_size:
+        raise ConfigError(f"--latents {config.num_latents} exceeds the base's vocabulary of {base.vocab_size} tokens "
                           "(soft tokens start as embeddings of distinct tokens); lower --latents")
-    check_positions(base, config.seq_len, config.latents, "lower --seq-len or --latents")
+    check_positions(base, config.seq_len, config.num_latents, "lower --seq-len or --latents")
 
 
 class Distributed:
@@ -131,7 +131,7 @@ class Trainer:
         self.base = load_decoder(cfg.base, dtype=base_dtype, device=self.device)
         check_against_base(cfg, self.base.config)
         self.eos_id = self.base.config.eos_token_ids[0] if self.base.config.eos_token_ids else None
-        coprocessor_config = CoprocessorConfig(cfg.latents, cfg.init, cfg.lora_rank, pause=cfg.pause)
+        coprocessor_config = CoprocessorConfig(cfg.num_latents, cfg.init, cfg.lora_rank, pause=cfg.pause)
         self.coprocessor = Coprocessor(self.base, coprocessor_config, seed=cfg.seed).to(self.device).float()
         self.trainable = self.coprocessor.trainable_parameters()
         self.optimizer = torch.optim.AdamW(self.trainable.values(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -156,14 +156,15 @@ class Trainer:
         state = ckpt.load_state(directory)
         saved = state["train_config"]
         try:
-            saved_config = TrainConfig(**{**saved, "data": tuple(saved["data"])})
+            saved_config = TrainConfig.from_dict(saved)
         except (TypeError, LatentcacheError) as exc:
             raise CheckpointError(f"{directory}: its training config does not load here ({exc}); it was written "
                                   "by another version, start a new --out") from exc
         changed = self.config.diff(saved_config)
         if changed:
             now = self.config.to_dict()
-            details = ", ".join(f"{key} {now[key]!r} (was {saved[key]!r})" for key in changed)
+            was = saved_config.to_dict()
+            details = ", ".join(f"{key} {now[key]!r} (was {was[key]!r})" for key in changed)
             raise CheckpointError(f"{directory}: cannot resume with a changed config ({details}); "
                                   "restore them or start a new --out")
         base = self.config.base

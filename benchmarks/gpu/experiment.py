@@ -69,7 +69,7 @@ def job_script(run: Run) -> str:
         f"echo train_end $(date +%s) >> {out}/times.txt",
     ]
     if run.ship:
-        lines.append(f"python3 -c 'from latentcache.train.checkpoint import pack_checkpoint as p; "
+        lines.append(f"python3 -c 'from latentcache.model.checkpoint import pack_checkpoint as p; "
                      f"p(\"{out}/checkpoint\", \"{evaluated}\")'")
     lines.append(f"python3 -m latentcache.cli eval --base {BASE} --coprocessor {evaluated} --json {out}/eval.json {EVAL}")
     if run.ship:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from latentcache.runtime import Pipeline, RequestStats, load_manifest
 from latentcache.runtime.bench import environment, prompt_ids, summarize
-from latentcache.runtime.manifest import ManifestError
+from latentcache.contract.manifest import ManifestError
 
 HERE = Path(__file__).resolve().parent
 
@@ -77,8 +77,8 @@ def export_variant(given: Path, num_latents: int, max_seq: int, cache: Path) -> 
 def untrained_coprocessor(base: Path, num_latents: int, lora_rank: int, out: Path) -> Path:
     """A freshly initialised coprocessor checkpoint, as `latentcache train` would write at step 0."""
     from latentcache.model import load_decoder
-    from latentcache.train.checkpoint import base_fingerprint, save_checkpoint
-    from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig
+    from latentcache.model.checkpoint import base_fingerprint, save_checkpoint
+    from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
 
     config = CoprocessorConfig(num_latents=num_latents, lora_rank=lora_rank)
     coprocessor = Coprocessor(load_decoder(base), config, seed=0)

@@ -28,7 +28,7 @@ import numpy as np
 
 from latentcache.runtime import Pipeline
 from latentcache.runtime.bench import environment
-from latentcache.train.benchmarks import arc_choice, arc_question, extract_answer, read_arc, read_gsm8k
+from latentcache.tasks import arc_choice, arc_question, extract_answer, read_arc, read_gsm8k
 
 HERE = Path(__file__).resolve().parent
 THINK = "Let's think step by step."

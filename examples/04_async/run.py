@@ -23,7 +23,7 @@ from pathlib import Path
 
 from latentcache.runtime import Pipeline, RequestStats
 from latentcache.runtime.bench import environment, prompt_ids, summarize
-from latentcache.train.benchmarks import arc_choice, arc_question, read_arc
+from latentcache.tasks import arc_choice, arc_question, read_arc
 
 HERE = Path(__file__).resolve().parent
 POLICIES = ("end-of-prompt", "async", "none")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from latentcache.errors import LatentcacheError
 from latentcache.runtime.backend import Backend, BackendUnavailable
-from latentcache.runtime.manifest import Manifest
+from latentcache.contract.manifest import Manifest
 
 BACKENDS = {
     "onnxruntime-cpu": ("latentcache.runtime.backends.onnxruntime", "OnnxRuntimeBackend"),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentcache.runtime import manifest as contract
+from latentcache.contract import manifest as contract
 from latentcache.runtime.backend import Backend, BackendUnavailable
 
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "bool": np.bool_}

@@ -3,7 +3,7 @@ the manifest, and ``TensorRTBackend``.
 
 Both flavours share one Python API, so one code path serves both; the module shim, engine metadata and
 optimization profiles it shares with the builder (``latentcache.export.tensorrt_build``) live in
-``latentcache.runtime.backends.tensorrt_support``, the CUDA calls and the device kv-cache in
+``latentcache.tensorrt_support``, the CUDA calls and the device kv-cache in
 ``latentcache.runtime.backends.cuda``. Loading refuses engines built for other artifacts, another TensorRT or
 another GPU, with a message naming the fix: rebuild with ``latentcache build``.
 
@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from latentcache.errors import LatentcacheError
-from latentcache.runtime import manifest as contract
-from latentcache.runtime.backend import Backend, BackendUnavailable
-from latentcache.runtime.backends.cuda import CudaRuntime, DeviceCache
-from latentcache.runtime.backends.tensorrt_support import (
+from latentcache.contract import manifest as contract
+from latentcache.contract.files import sha256_of, write_atomically
+from latentcache.errors import BackendUnavailable, LatentcacheError
+from latentcache.runtime.backend import Backend
+from latentcache.cuda import CudaRuntime
+from latentcache.runtime.backends.cuda import DeviceCache
+from latentcache.tensorrt_support import (
     DTYPE_NAMES,
     FLAVOURS,
     HOST_DTYPES,
@@ -39,9 +41,8 @@ from latentcache.runtime.backends.tensorrt_support import (
     metadata_path,
     profile_shapes,
     to_host,
-    write_atomically,
 )
-from latentcache.runtime.manifest import GraphSpec, Manifest, TensorSpec
+from latentcache.contract.manifest import GraphSpec, Manifest, TensorSpec
 
 
 # --- one graph ------------------------------------------------------------------------------------------
@@ -262,8 +263,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, artifacts: Path, manifest: Manifest, flavour: str = "auto", device: int = 0) -> None:
         super().__init__(artifacts, manifest)
-        from latentcache.registry import sha256_of
-
+    
         self.flavour = resolve_flavour(self.artifacts, flavour)
         self.trt, _ = load_tensorrt(self.flavour)
         self.name = self.flavour

@@ -1,8 +1,9 @@
-"""The PyTorch reference as a backend: the export-side graph modules run eagerly on the original weights.
+"""The PyTorch reference as a backend: the graph modules export traces, run eagerly on the original weights.
 
-It is the one place in the runtime that reaches the model code (lazily): the base and coprocessor are
-loaded from the paths the manifest records under ``sources``, so it serves development machines and
-parity checks, not edge devices. Same contract, same cache layout, same roles as every other backend.
+It is the one place in the runtime that reaches the model core's torch code (lazily, so the runtime still
+imports without torch): the base and coprocessor are loaded from the paths the manifest records under
+``sources``, so it serves development machines and parity checks, not edge devices. Same contract, same
+cache layout, same roles as every other backend.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from latentcache.runtime import manifest as contract
+from latentcache.contract import manifest as contract
+from latentcache.contract.dtypes import to_short
 from latentcache.runtime.backend import Backend, BackendUnavailable
 
 
@@ -24,9 +26,9 @@ class TorchBackend(Backend):
             import torch
         except ImportError:
             raise BackendUnavailable("the torch backend needs PyTorch: pip install 'latentcache[train]'") from None
-        from latentcache.export.graphs import BaseStep, CoprocessorStep
-        from latentcache.export.kv_update import portable_update
-        from latentcache.export.onnx_export import DTYPES, ExportConfig, load_models
+        from latentcache.model.checkpoint import load_models
+        from latentcache.model.graph_steps import BaseStep, CoprocessorStep
+        from latentcache.model.kv_update import portable_update
 
         sources = manifest.sources
         base_dir = Path(sources.get("base") or "")
@@ -36,12 +38,9 @@ class TorchBackend(Backend):
             )
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype_name = {v: k for k, v in {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.items()}[manifest.dtype]
-        config = ExportConfig(base=base_dir, out=Path(artifacts), dtype=dtype_name, max_seq=manifest.kv.max_seq,
-                              batch=manifest.kv.batch, force=True,
-                              coprocessor=Path(sources["coprocessor"]) if sources.get("coprocessor") else None)
-        base, coprocessor, dtype = load_models(config)
-        self.dtype = DTYPES[dtype_name]
+        checkpoint = Path(sources["coprocessor"]) if sources.get("coprocessor") else None
+        base, coprocessor = load_models(base_dir, checkpoint, to_short(manifest.dtype))
+        self.dtype = getattr(torch, manifest.dtype)
         self.steps = {"prefill": BaseStep(base, portable_update, True).to(self.device),
                       "decode": BaseStep(base, portable_update, False).to(self.device)}
         if coprocessor is not None:

@@ -1,6 +1,6 @@
 """The exported graphs as small modules over the owned model code: plain tensors in, plain tensors out.
 
-Each wrapper implements one graph of the contract in ``latentcache.runtime.manifest`` (read its docstring
+Each wrapper implements one graph of the contract in ``latentcache.contract.manifest`` (read its docstring
 for the semantics); the masks are built in-graph from ``attention_mask`` and ``write_index`` (explicit,
 never ``is_causal``), attention is the explicit MatMul/softmax path, and the cache update is one of two
 lowerings (``export.kv_update``). The same wrappers run eagerly (``portable``) as the export-side
@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from latentcache.model import Decoder
 from latentcache.model.config import SLIDING, ModelConfig
+from latentcache.model.decoder import Decoder
 
 
 def cache_masks(config: ModelConfig, attention_mask: torch.Tensor, write_index: torch.Tensor, queries: int):
@@ -80,7 +80,7 @@ class CoprocessorStep(nn.Module):
     """``coprocessor``: the base cache (read-only) -> ``[batch, N_L, hidden]`` latents.
 
     Soft tokens sit at slots ``attend + i`` (right after the attended span), positions given by the
-    runtime (``p + 1 + i`` for a prompt ending at position ``p``; ``train.layout`` decides this).
+    runtime (``p + 1 + i`` for a prompt ending at position ``p``; ``latentcache.model.layout`` decides this).
     """
 
     def __init__(self, coprocessor) -> None:
@@ -93,7 +93,7 @@ class CoprocessorStep(nn.Module):
     def forward(self, position_ids, attention_mask, cache):
         copro = self.coprocessor
         batch, n_latents = position_ids.shape
-        soft = copro.soft_tokens.to(copro._dtype())[None].expand(batch, -1, -1)
+        soft = copro.soft_inputs(batch)
         if copro.network is None:  # pause-token control: the latents are the trained embeddings
             return soft
         span = attention_mask.shape[1]
@@ -103,4 +103,4 @@ class CoprocessorStep(nn.Module):
         keys, values = split_cache(cache)
         prefix = GraphCache(keys, values, update=None)
         hidden = copro.network.run_layers(soft, position_ids, masks, prefix=prefix)
-        return hidden * copro.latent_scale.to(hidden.dtype)
+        return copro.scale_latents(hidden)

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from latentcache.contract.dtypes import from_short
+from latentcache.contract.files import replace_directory, sha256_of, staging_directory
 from latentcache.errors import CheckpointError
-from latentcache.model.loading import weight_files
-from latentcache.registry import sha256_of
+from latentcache.model.loading import load_decoder, weight_files
 
 WEIGHTS, OPTIMIZER, STATE = "coprocessor.safetensors", "optimizer.safetensors", "state.json"
 
@@ -63,21 +61,13 @@ def save_checkpoint(
     """Write a checkpoint to ``directory`` atomically (replacing any previous one); weights stored as ``dtype``."""
     from safetensors.torch import save_file
 
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-"))
-    try:
+    with staging_directory(directory) as scratch:
         save_file({k: v.detach().to(dtype).contiguous().cpu() for k, v in trainable.items()}, scratch / WEIGHTS)
         if optimizer is not None:
             save_file(_optimizer_tensors(trainable, optimizer), scratch / OPTIMIZER)
         (scratch / STATE).write_text(json.dumps(state, indent=2, sort_keys=True))
-        for file in scratch.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        _swap_in(scratch, directory)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
+        # The old checkpoint waits as NAME.previous until the new one is in place (resolve_checkpoint reads it).
+        replace_directory(scratch, directory, aside=previous_path(directory))
 
 
 def pack_checkpoint(source: Path, target: Path, dtype: torch.dtype = torch.float16) -> Path:
@@ -92,19 +82,14 @@ def pack_checkpoint(source: Path, target: Path, dtype: torch.dtype = torch.float
     return Path(target)
 
 
-def _swap_in(scratch: Path, directory: Path) -> None:
-    previous = directory.with_name(directory.name + ".previous")
-    if directory.exists():
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(directory, previous)
-    os.replace(scratch, directory)
-    shutil.rmtree(previous, ignore_errors=True)
+def previous_path(directory: Path) -> Path:
+    return Path(directory).with_name(Path(directory).name + ".previous")
 
 
 def checkpoint_exists(directory: Path) -> bool:
     """Whether ``directory`` (or the ``.previous`` an interrupted swap left) holds anything a run must not clobber."""
     directory = Path(directory)
-    return directory.exists() or directory.with_name(directory.name + ".previous").exists()
+    return directory.exists() or previous_path(directory).exists()
 
 
 def resolve_checkpoint(directory: Path) -> Path:
@@ -112,7 +97,7 @@ def resolve_checkpoint(directory: Path) -> Path:
     directory = Path(directory)
     if (directory / STATE).is_file():
         return directory
-    previous = directory.with_name(directory.name + ".previous")
+    previous = previous_path(directory)
     if (previous / STATE).is_file():
         return previous
     raise CheckpointError(f"{directory}: no coprocessor checkpoint here ({STATE} missing)")
@@ -177,8 +162,7 @@ def load_coprocessor(directory: Path, base_dir: Path, base=None):
 
     ``base`` may be the already loaded ``Decoder`` of ``base_dir``; returns ``(base, coprocessor)`` in eval mode.
     """
-    from latentcache.model import load_decoder
-    from latentcache.train.coprocessor import Coprocessor, CoprocessorConfig
+    from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
 
     directory = resolve_checkpoint(Path(directory))
     state = load_state(directory)
@@ -191,3 +175,19 @@ def load_coprocessor(directory: Path, base_dir: Path, base=None):
     coprocessor = Coprocessor(base, CoprocessorConfig(**state["coprocessor_config"]), seed=state["train_config"]["seed"])
     restore_trainable(coprocessor.trainable_parameters(), load_tensors(directory), directory)
     return base, coprocessor.eval().requires_grad_(False)
+
+
+def load_models(base_dir: Path, checkpoint: Path | None, dtype: str):
+    """``(base, coprocessor or None)`` in ``dtype`` (``fp32``/``fp16``/``bf16``), LoRA merged into plain weights:
+    what export traces and the torch backend runs."""
+    from latentcache.model.lora import merge_lora
+
+    torch_dtype = getattr(torch, from_short(dtype))
+    if checkpoint is None:
+        return load_decoder(base_dir, dtype=torch_dtype), None
+    base, coprocessor = load_coprocessor(checkpoint, base_dir)
+    if coprocessor.network is not None:
+        merge_lora(coprocessor.network)
+        coprocessor.network.cast(torch_dtype)
+    coprocessor.soft_tokens.data = coprocessor.soft_tokens.data.to(torch_dtype)
+    return base.cast(torch_dtype), coprocessor

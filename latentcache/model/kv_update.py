@@ -3,7 +3,7 @@
 - ``inplace``: one ONNX ``TensorScatter`` (opset 24, ``axis=-2``, ``mode="linear"``) per tensor. TensorRT
   >= 10.15 imports it as ``IKVCacheUpdateLayer`` (an in-place update when past and present share memory);
   ONNX Runtime >= 1.25 runs it on the CPU and updates in place when IO binding gives past and present the
-  same buffer (checked here: shared/design/field.md, "Checked on our machines").
+  same buffer (``tests/test_export.py`` runs both lowerings on ONNX Runtime; the CUDA backend binds them).
 - ``portable``: Gather + Where over the whole cache, ops that TensorRT 10.3 (JetPack 6.2) and every ONNX
   Runtime parse; it rewrites the whole buffer each step (memory traffic grows with ``max_seq``).
 """

@@ -6,7 +6,7 @@ Decisions the paper leaves open (fixed here and shared by training, export and t
   trained in full or through LoRA adapters that merge back into plain weights for export.
 - Layer ``l`` attends to base layer ``l``'s keys/values of the context (a read-only prefix) plus its own
   keys/values of the soft tokens; soft tokens are causal among themselves, positions ``p + 1 .. p + N_L``
-  (see ``train.layout``).
+  (see ``latentcache.model.layout``).
 - The latent is the final hidden state *after* the final norm, times one learned scalar initialised so the
   latents' RMS equals the base's mean token-embedding RMS: latents then enter the frozen base at the scale of
   ordinary input embeddings (latent norms far from embedding norms hurt; paper notes, pitfall 9).
@@ -18,16 +18,14 @@ Decisions the paper leaves open (fixed here and shared by training, export and t
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from latentcache.model import Decoder, KVCache
-from latentcache.train.layout import group_mask, group_positions
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from latentcache.model.decoder import Decoder, KVCache
+from latentcache.model.layout import group_mask, group_positions
+from latentcache.model.lora import add_lora
 
 
 @dataclass(frozen=True)
@@ -47,49 +45,6 @@ class CoprocessorConfig:
             raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
         if self.pause and (self.lora_rank or self.init != "base"):
             raise ValueError("the pause-token control has no network: drop --lora-rank/--init")
-
-
-class LoRALinear(nn.Module):
-    """``y = W x + (alpha / r) * B A x`` with ``W`` frozen; ``B`` starts at zero so training starts at ``W``."""
-
-    def __init__(self, linear: nn.Linear, rank: int, alpha: float) -> None:
-        super().__init__()
-        self.base = linear.requires_grad_(False)
-        # Drawn on the CPU (the same init whatever the device), then placed beside W: a coprocessor built on a
-        # CUDA base (`latentcache eval` on a GPU) must not mix devices.
-        lora_a = torch.empty(rank, linear.in_features, dtype=linear.weight.dtype)
-        nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5))
-        self.lora_a = nn.Parameter(lora_a.to(linear.weight.device))
-        self.lora_b = nn.Parameter(torch.zeros(linear.out_features, rank, dtype=linear.weight.dtype,
-                                               device=linear.weight.device))
-        self.scale = alpha / rank
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scale
-
-    def merged(self) -> nn.Linear:
-        merged = copy.deepcopy(self.base)
-        merged.weight.data += (self.lora_b @ self.lora_a).to(merged.weight.dtype) * self.scale
-        return merged
-
-
-def add_lora(network: nn.Module, rank: int, alpha: float) -> None:
-    """Freeze ``network`` and wrap every projection in a trainable ``LoRALinear``."""
-    network.requires_grad_(False)
-    for module in list(network.modules()):
-        for name in LORA_TARGETS:
-            child = getattr(module, name, None)
-            if isinstance(child, nn.Linear):
-                setattr(module, name, LoRALinear(child, rank, alpha))
-
-
-def merge_lora(network: nn.Module) -> None:
-    """Fold every adapter into its linear layer (for export: plain weights, no adapter ops)."""
-    for module in list(network.modules()):
-        for name in LORA_TARGETS:
-            child = getattr(module, name, None)
-            if isinstance(child, LoRALinear):
-                setattr(module, name, child.merged())
 
 
 def embedding_rms(base: Decoder) -> float:
@@ -144,18 +99,29 @@ class Coprocessor(nn.Module):
         ``base_cache`` holds the frozen base's keys/values of the context in slots ``0..context_len-1``.
         """
         batch, n_points = points.shape
-        n_latents = self.config.num_latents
-        soft = self.soft_tokens.to(self._dtype())[None, None].expand(batch, n_points, -1, -1).flatten(1, 2)
+        soft = self.soft_inputs(batch, n_points)
         if self.network is None:
             return soft
         context_len = base_cache.max_seq if context_len is None else context_len
-        mask = group_mask(points, context_len, n_latents, document_ids)
-        positions = group_positions(points, n_latents)
+        mask = group_mask(points, context_len, self.config.num_latents, document_ids)
+        positions = group_positions(points, self.config.num_latents)
         hidden = self.network(inputs_embeds=soft, position_ids=positions, attention_mask=mask, prefix=base_cache)
-        return hidden * self.latent_scale.to(hidden.dtype)
+        return self.scale_latents(hidden)
 
-    def _dtype(self) -> torch.dtype:
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The network's dtype (the soft tokens' for the pause control): what the soft tokens enter as."""
         return self.network.embed_tokens.weight.dtype if self.network is not None else self.soft_tokens.dtype
+
+    def soft_inputs(self, batch: int, groups: int = 1) -> torch.Tensor:
+        """The soft tokens as the network's input rows ``[batch, groups * N_L, hidden]`` (the pause control's
+        latents as they are)."""
+        soft = self.soft_tokens.to(self.compute_dtype)[None, None].expand(batch, groups, -1, -1)
+        return soft.flatten(1, 2)
+
+    def scale_latents(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The network's final hidden states -> latents at the base's embedding scale."""
+        return hidden * self.latent_scale.to(hidden.dtype)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Exactly what the optimizer and the checkpoint see."""

@@ -3,7 +3,7 @@ metadata, optimization profiles, host<->device dtypes and the errors.
 
 Both flavours share one Python API (``import tensorrt`` for TensorRT 10.x/11.x, ``import tensorrt_rtx`` for
 TensorRT for RTX), so one code path serves both; ``load_tensorrt`` picks the module. The builder
-(``latentcache.export.tensorrt_build``) and the backend (``latentcache.runtime.backends.tensorrt``) import the
+(``export/tensorrt_build.py``) and the backend (``runtime/backends/tensorrt.py``) import the
 shim, the profile rule and the metadata schema from here, so the builder and the runtime cannot disagree
 about them.
 
@@ -20,16 +20,14 @@ from __future__ import annotations
 import datetime
 import importlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from latentcache.errors import LatentcacheError
-from latentcache.runtime.backend import BackendUnavailable
-from latentcache.runtime.manifest import Manifest, ManifestError, TensorSpec
+from latentcache.contract.dtypes import TENSORRT_NAMES as DTYPE_NAMES
+from latentcache.contract.manifest import Manifest, ManifestError, TensorSpec
+from latentcache.errors import BackendUnavailable, LatentcacheError
 
 FLAVOURS = ("tensorrt", "tensorrt_rtx")
 INSTALL = {
@@ -44,8 +42,6 @@ AHEAD_OF_TIME = "ahead-of-time/CPU"
 # 1.x support matrices list 8.6/8.9/12.0 as the portable default). Hopper (9.0) and Thor (10.x/11.0) are not
 # among them: the RTX runtime refuses those GPUs.
 RTX_DEFAULT_TARGETS = ("8.0", "8.6", "8.9", "12.0+")
-DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32",
-               "BOOL": "bool"}
 HOST_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "int64": np.int64,
                "int32": np.int32, "bool": np.bool_}  # bfloat16 travels as its raw 16 bits
 
@@ -288,24 +284,3 @@ def to_host(values, dtype: str) -> np.ndarray:
 
 def from_host(values: np.ndarray, dtype: str) -> np.ndarray:
     return from_bfloat16_bits(values) if dtype == "bfloat16" else values
-
-
-# --- writing files --------------------------------------------------------------------------------------
-
-
-def write_atomically(path: Path, data) -> None:
-    """Write ``path`` through a temporary sibling and a rename, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
