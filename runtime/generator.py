@@ -8,7 +8,7 @@ State of one request batch (host side, a few integers per row; the cache itself 
 - ``positions [batch]``: the next rope position per row (real tokens are numbered from 0 whatever the
   padding in front of them).
 
-Latents are absorbed exactly as in training (``train.layout``): after a context ending at position ``p``,
+Latents are absorbed exactly as in training (``latentcache.model.layout``): after a context ending at position ``p``,
 latent ``i`` takes position ``p + 1 + i`` and the next cache slot; decoding then continues after them.
 """
 
@@ -119,21 +119,25 @@ class Generator:
         logits = self.prefill(prompts)
         stats.prompt_tokens, stats.prefill_s = int(self.length), time.perf_counter() - start
         policy.start(self)
-        finished = np.zeros(self.batch, dtype=bool)
-        for step in range(max_new_tokens):
-            logits = policy.maybe_augment(self, logits, step, stats)
-            tokens = sample(logits, sampling, rng)
-            tokens = np.where(finished, tokens if not stop_ids else stop_ids[0], tokens)
-            if step == 0:
-                stats.first_token_s = time.perf_counter() - start
-            yield tokens
-            finished |= np.isin(tokens, stop_ids)
-            if finished.all() or step == max_new_tokens - 1:
-                break
-            tick = time.perf_counter()
-            logits = self.decode_step(tokens)
-            stats.step_s.append(time.perf_counter() - tick)
-        policy.finish(self)
+        try:
+            finished = np.zeros(self.batch, dtype=bool)
+            for step in range(max_new_tokens):
+                logits = policy.maybe_augment(self, logits, step, stats)
+                tokens = sample(logits, sampling, rng)
+                tokens = np.where(finished, tokens if not stop_ids else stop_ids[0], tokens)
+                if step == 0:
+                    stats.first_token_s = time.perf_counter() - start
+                yield tokens
+                finished |= np.isin(tokens, stop_ids)
+                if finished.all() or step == max_new_tokens - 1:
+                    break
+                tick = time.perf_counter()
+                logits = self.decode_step(tokens)
+                stats.step_s.append(time.perf_counter() - tick)
+        finally:
+            # Also when the caller closes the stream early: an async coprocessor still reading the cache must
+            # be done before the next request resets it.
+            policy.finish(self)
 
     def augment(self, stats: RequestStats | None = None, generated: int = 0) -> np.ndarray:
         """coprocess + absorb now; returns the logits after the latents."""
@@ -260,9 +264,12 @@ class Async(Policy):
         stats.augmented_at.append(step)
         return logits
 
+    thread: threading.Thread | None = None
+
     def finish(self, generator):
         if self.thread is not None:
             self.thread.join()
+            self.thread = None
 
 
 POLICIES = ("none", "end-of-prompt", "every-n", "entropy", "async")

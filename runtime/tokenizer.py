@@ -45,9 +45,17 @@ class Tokenizer:
         """Token ids of ``prompt``, inside the chat template (assistant turn opened) when there is one."""
         if not prompt.strip():
             raise LatentcacheError("the prompt is empty; pass some text")
-        if chat and self.template:
-            return self.fast.encode(self.render([{"role": "user", "content": prompt}]), add_special_tokens=False).ids
+        if chat:
+            return self.encode_messages([{"role": "user", "content": prompt}])
         return self.fast.encode(prompt).ids
+
+    def encode_messages(self, messages: list[dict]) -> list[int]:
+        """Token ids of a conversation with the assistant turn opened: the chat template over all messages,
+        tokenized without added special tokens (as ``apply_chat_template``). A model without a template gets
+        the contents one per line, so a lone message encodes as the plain prompt does."""
+        if self.template:
+            return self.fast.encode(self.render(messages), add_special_tokens=False).ids
+        return self.fast.encode("\n".join(message["content"] for message in messages)).ids
 
     def render(self, messages: list[dict]) -> str:
         from jinja2.sandbox import ImmutableSandboxedEnvironment

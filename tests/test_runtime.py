@@ -234,3 +234,15 @@ def test_decode_on_the_prefill_session_equals_the_decode_graph(exported):
     assert "decode" not in shared.sessions and "decode" in separate.sessions
     for policy in (None, EndOfPrompt()):
         assert (tokens_of(Generator(shared), policy) == tokens_of(Generator(separate), policy)).all()
+
+
+def test_cli_choices_are_the_runtime_names():
+    """The CLI spells backend, policy and task names once, without importing the runtime (instant --help)."""
+    from latentcache import cli
+    from latentcache.runtime.backends import BACKENDS
+    from latentcache.runtime.generator import POLICIES
+    from latentcache.tasks import TASKS
+
+    assert cli.BACKENDS == ("auto", *BACKENDS)
+    assert set(cli.POLICIES) == set(POLICIES) - {"none"}
+    assert cli.TASKS == TASKS
