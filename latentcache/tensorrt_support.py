@@ -1,5 +1,5 @@
 """TensorRT and TensorRT-RTX: what the builder and the runtime share: the module shim, engine locations and
-metadata, optimization profiles, host<->device dtypes and the errors.
+metadata, optimization profiles and the errors.
 
 Both flavours share one Python API (``import tensorrt`` for TensorRT 10.x/11.x, ``import tensorrt_rtx`` for
 TensorRT for RTX), so one code path serves both; ``load_tensorrt`` picks the module. The builder
@@ -23,9 +23,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
-from latentcache.contract.dtypes import TENSORRT_NAMES as DTYPE_NAMES
+from latentcache.contract.dtypes import TENSORRT_NAMES as DTYPE_NAMES  # noqa: F401 (the builder's and tests' name)
 from latentcache.contract.manifest import Manifest, ManifestError, TensorSpec
 from latentcache.errors import BackendUnavailable, LatentcacheError
 
@@ -42,8 +41,6 @@ AHEAD_OF_TIME = "ahead-of-time/CPU"
 # 1.x support matrices list 8.6/8.9/12.0 as the portable default). Hopper (9.0) and Thor (10.x/11.0) are not
 # among them: the RTX runtime refuses those GPUs.
 RTX_DEFAULT_TARGETS = ("8.0", "8.6", "8.9", "12.0+")
-HOST_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "int64": np.int64,
-               "int32": np.int32, "bool": np.bool_}  # bfloat16 travels as its raw 16 bits
 
 
 class TensorRTError(LatentcacheError):
@@ -260,27 +257,3 @@ def profile_shapes(manifest: Manifest, graph: str) -> dict[str, ProfileRange]:
 def max_output_shapes(manifest: Manifest, graph: str) -> dict[str, tuple[int, ...]]:
     sizes, ranges = named_sizes(manifest), dynamic_ranges(manifest, graph)
     return {spec.name: resolve_shape(spec, sizes, ranges, 2) for spec in manifest.graphs[graph].outputs}
-
-
-# --- host <-> device dtypes -----------------------------------------------------------------------------
-
-
-def to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
-def to_host(values, dtype: str) -> np.ndarray:
-    """A C-contiguous host array in the engine's representation of ``dtype``."""
-    if dtype == "bfloat16":
-        return to_bfloat16_bits(np.asarray(values, dtype=np.float32))
-    return np.ascontiguousarray(values, dtype=HOST_DTYPES[dtype])
-
-
-def from_host(values: np.ndarray, dtype: str) -> np.ndarray:
-    return from_bfloat16_bits(values) if dtype == "bfloat16" else values

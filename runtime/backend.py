@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from latentcache.contract.manifest import Manifest
-from latentcache.errors import BackendUnavailable, LatentcacheError
+from latentcache.errors import BackendUnavailable
 
 __all__ = ["Backend", "BackendUnavailable"]
 

@@ -17,10 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
-from latentcache.errors import LatentcacheError
 from latentcache.runtime.generator import RequestStats
 from latentcache.runtime.pipeline import Pipeline
+
+from latentcache.contract.files import write_atomically
+from latentcache.errors import LatentcacheError
 
 PASSAGE = (
     "The river ran high that spring, and the mill at the bend of the valley worked day and night. "
@@ -107,8 +108,7 @@ def run_bench(artifacts: Path, backend: str, config: BenchConfig, json_out: Path
               "gpu_memory_mib": gpu_memory_mib(), "environment": environment(pipeline)}
     pipeline.close()
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        write_atomically(json_out, json.dumps(report, indent=2) + "\n")
     return report
 
 

@@ -26,14 +26,13 @@ from latentcache import cuda as cuda_support
 from latentcache.runtime.backends import tensorrt as trt_backend
 from latentcache import tensorrt_support as trt_support
 from latentcache.runtime.backends.tensorrt import TensorRTBackend, cache_bindings
+from latentcache.arrays import from_bfloat16_bits, to_bfloat16_bits
 from latentcache.tensorrt_support import (
     EngineMetadata,
     EngineMismatch,
     compute_capability_ok,
     dynamic_ranges,
-    from_bfloat16_bits,
     profile_shapes,
-    to_bfloat16_bits,
 )
 from tests.tiny import ARCHITECTURES
 

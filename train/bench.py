@@ -14,13 +14,19 @@ import json
 import platform
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
+from latentcache.train.objective import (
+    augmented_predictions,
+    base_cache_for,
+    predict_groups,
+)
 
+from latentcache.contract.files import write_atomically
 from latentcache.model import load_decoder
 from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
 from latentcache.model.layout import sample_points
-from latentcache.train.objective import augmented_predictions, base_cache_for, predict_groups
 
 
 def loop_loss(base, coprocessor, tokens, points, ahead):
@@ -106,8 +112,7 @@ def main() -> None:
     if args.find_max_batch and device.type == "cuda":
         result["max_batch"] = find_max_batch(base, coprocessor, args, device, autocast)
     print(json.dumps(result, indent=2))
-    with open(args.json, "w") as handle:
-        json.dump(result, handle, indent=2)
+    write_atomically(Path(args.json), json.dumps(result, indent=2))
 
 
 def find_max_batch(base, coprocessor, args, device, autocast) -> dict:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from latentcache.train.config import EvalConfig, TrainConfig
 
+from latentcache.contract.files import write_atomically
+
 
 def prepare_training_data(config: TrainConfig, eos_id: int | None):
     """Train/validation splits of ``config.data`` (default: the Gutenberg corpus), tokenized with the base's
@@ -24,8 +26,15 @@ def prepare_training_data(config: TrainConfig, eos_id: int | None):
 def run_training(config: TrainConfig, resume: bool) -> Path:
     """Train (or resume) a coprocessor; returns the checkpoint directory. Under torchrun, rank 0 tokenizes
     the corpus first and the other ranks then read its cache."""
+    from latentcache.train.trainer import (
+        CHECKPOINT_DIR,
+        Distributed,
+        Trainer,
+        check_against_base,
+        resolve_device,
+    )
+
     from latentcache.model.loading import read_model_config
-    from latentcache.train.trainer import CHECKPOINT_DIR, Distributed, Trainer, check_against_base, resolve_device
 
     model_config = read_model_config(config.base)
     check_against_base(config, model_config)  # before minutes of tokenizing
@@ -74,12 +83,17 @@ def run_evaluation(config: EvalConfig) -> dict:
     import json
 
     import torch
+    from latentcache.train.data import leading_batches
+    from latentcache.train.evaluate import (
+        PerplexityConfig,
+        evaluate_perplexity,
+        markdown_table,
+        plot_relative_change,
+    )
+    from latentcache.train.trainer import resolve_device
 
     from latentcache.model import load_decoder
     from latentcache.model.checkpoint import load_coprocessor
-    from latentcache.train.data import leading_batches
-    from latentcache.train.evaluate import PerplexityConfig, evaluate_perplexity, markdown_table, plot_relative_change
-    from latentcache.train.trainer import resolve_device
 
     base, json_out = config.base, config.json_out
     decoder = load_decoder(base, device=resolve_device(config.device))
@@ -103,9 +117,10 @@ def run_evaluation(config: EvalConfig) -> dict:
         markdown.append(f"### {set_name}\n\n{markdown_table(results)}")
         plot_relative_change(results, json_out.with_name(f"{json_out.stem}-{set_name}.png"))
     if config.tasks:
+        from latentcache.train.benchmarks import run_benchmarks, tokenizer_functions
+
         from latentcache.reference import load_tokenizer
         from latentcache.tasks import BenchmarkConfig, benchmark_markdown
-        from latentcache.train.benchmarks import run_benchmarks, tokenizer_functions
 
         encode, decode = tokenizer_functions(load_tokenizer(Path(base)))
         for name, coprocessor in runs.items():
@@ -114,7 +129,6 @@ def run_evaluation(config: EvalConfig) -> dict:
             results = run_benchmarks(decoder, coprocessor, encode, decode, BenchmarkConfig(config.tasks, config.limit))
             report["benchmarks"][name] = {task: r.to_dict() for task, r in results.items()}
             markdown.append(f"### benchmarks: {name}\n\n{benchmark_markdown(results)}")
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(report, indent=2))
-    json_out.with_suffix(".md").write_text("\n\n".join(markdown) + "\n")
+    write_atomically(json_out, json.dumps(report, indent=2))
+    write_atomically(json_out.with_suffix(".md"), "\n\n".join(markdown) + "\n")
     return report

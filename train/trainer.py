@@ -25,15 +25,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from latentcache.train.config import ConfigError, TrainConfig
+from latentcache.train.data import sequence_order, stack_rows
+from latentcache.train.objective import (
+    augmented_predictions,
+    baseline_logprobs,
+    check_positions,
+    document_ids,
+)
 
+from latentcache.contract.files import write_atomically
 from latentcache.errors import CheckpointError, LatentcacheError
 from latentcache.model import ModelConfig, load_decoder
 from latentcache.model import checkpoint as ckpt
-from latentcache.train.config import ConfigError, TrainConfig
 from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
-from latentcache.train.data import sequence_order, stack_rows
 from latentcache.model.layout import sample_points
-from latentcache.train.objective import augmented_predictions, baseline_logprobs, check_positions, document_ids
 
 CHECKPOINT_DIR, METRICS_FILE = "checkpoint", "metrics.jsonl"
 VALIDATION_STREAM = 10**9  # seeds the validation points; beyond any micro-batch counter
@@ -310,7 +316,7 @@ class Trainer:
         path = self.out / METRICS_FILE
         if self.dist.main and path.is_file():
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in kept))
+            write_atomically(path, "".join(line + "\n" for line in kept))  # resume must not lose the log
 
     def _log(self, message: str) -> None:
         if self.dist.main:

@@ -9,7 +9,8 @@ Decisions the paper leaves open (fixed here and shared by training, export and t
   (see ``latentcache.model.layout``).
 - The latent is the final hidden state *after* the final norm, times one learned scalar initialised so the
   latents' RMS equals the base's mean token-embedding RMS: latents then enter the frozen base at the scale of
-  ordinary input embeddings (latent norms far from embedding norms hurt; paper notes, pitfall 9).
+  ordinary input embeddings (a post-norm hidden state has RMS near 1, token embeddings often 0.02: fed
+  unscaled, latents would swamp the context; Coconut reports large latent norms hurting).
 - Soft tokens start as the embeddings of N_L distinct random vocabulary tokens (in-distribution inputs).
 - ``pause=True`` is the paper's Pause-token control: no network, the latents *are* the N_L trainable
   embeddings, independent of the input.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from latentcache.contract import manifest as contract
-from latentcache.tensorrt_support import HOST_DTYPES, from_host
+from latentcache.arrays import HOST_DTYPES, from_host
 
 
 class DeviceCache:

@@ -20,18 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
+from latentcache.arrays import HOST_DTYPES
 from latentcache.contract import manifest as contract
 from latentcache.runtime.backend import Backend, BackendUnavailable
 
-NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "bool": np.bool_}
-
-
 def numpy_dtype(dtype: str):
-    if dtype not in NUMPY_DTYPES:
+    if dtype == "bfloat16":  # no bfloat16 kernels on ONNX Runtime's CPU, and numpy has no bfloat16 to bind
         raise BackendUnavailable(
             f"ONNX Runtime cannot run {dtype} artifacts here: export with --dtype fp32 or fp16, or use --backend tensorrt"
         )
-    return NUMPY_DTYPES[dtype]
+    return HOST_DTYPES[dtype]
 
 
 def import_onnxruntime():

@@ -23,10 +23,10 @@ from latentcache.errors import BackendUnavailable, LatentcacheError
 from latentcache.runtime.backend import Backend
 from latentcache.cuda import CudaRuntime
 from latentcache.runtime.backends.cuda import DeviceCache
+from latentcache.arrays import HOST_DTYPES, from_host, to_host
 from latentcache.tensorrt_support import (
     DTYPE_NAMES,
     FLAVOURS,
-    HOST_DTYPES,
     EngineMetadata,
     EngineMismatch,
     TensorRTError,
@@ -34,13 +34,11 @@ from latentcache.tensorrt_support import (
     compute_capability_ok,
     engine_dir,
     engine_path,
-    from_host,
     load_tensorrt,
     make_logger,
     max_output_shapes,
     metadata_path,
     profile_shapes,
-    to_host,
 )
 from latentcache.contract.manifest import GraphSpec, Manifest, TensorSpec
 
