@@ -22,8 +22,16 @@ import torch
 
 from latentcache.contract import dtypes
 from latentcache.contract import manifest as contract
-from latentcache.contract.files import replace_directory, sha256_of, staging_directory
+from latentcache.contract.files import (
+    check_apart,
+    folder_lock,
+    replace_directory,
+    sha256_of,
+    snapshot,
+    staging_directory,
+)
 from latentcache.errors import LatentcacheError
+from latentcache.limits import cache_bytes, check_memory
 
 GEMMA_TYPES = ("gemma2", "gemma3_text")
 WEIGHTS_FILE = "weights.bin"
@@ -51,9 +59,16 @@ class ExportConfig:
             raise LatentcacheError(f"--max-seq must be at least 8, got {self.max_seq}")
         if self.batch < 1:
             raise LatentcacheError(f"--batch must be at least 1, got {self.batch}")
-        out = Path(self.out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not self.force:
-            raise LatentcacheError(f"{out} exists and is not empty: choose another --out or pass --force to replace it")
+        # --force replaces --out wholesale: it must never be (or hold, or sit inside) what the export reads.
+        check_apart(Path(self.out), "--out", {"--base": Path(self.base), "--coprocessor": self.coprocessor})
+        check_replaceable(self)
+
+
+def check_replaceable(config: ExportConfig) -> None:
+    out = Path(config.out)
+    if (out.is_symlink() or out.exists()) and (not out.is_dir() or out.is_symlink() or any(out.iterdir())) \
+            and not config.force:
+        raise LatentcacheError(f"{out} exists and is not empty: choose another --out or pass --force to replace it")
 
 
 @dataclass
@@ -275,26 +290,40 @@ def export_artifacts(config: ExportConfig, progress: Callable[[str], None] | Non
     from latentcache.model.checkpoint import load_models
 
     say = progress or (lambda message: print(message, file=sys.stderr))
-    short = export_dtype(config)
-    base, coprocessor = load_models(config.base, config.coprocessor, short)
-    dtype = getattr(torch, dtypes.from_short(short))
-    if config.max_seq > base.config.max_position_embeddings:
-        raise LatentcacheError(
-            f"--max-seq {config.max_seq} exceeds the model's {base.config.max_position_embeddings} positions"
-        )
     out = Path(config.out)
-    with staging_directory(out) as staging:
-        store = WeightStore(staging / WEIGHTS_FILE)
-        graphs = {}
-        for plan in plan_graphs(base, coprocessor, config, dtype):
-            say(f"exporting {plan.name}.onnx ({config.kv_update} kv update, {dtypes.from_short(short)})")
-            graphs[plan.name] = export_graph(plan, OPSET[config.kv_update], store, staging)
-        tokenizer_files, template = copy_tokenizer(Path(config.base), staging)
-        manifest = build_manifest(base, coprocessor, config, dtype, graphs, tokenizer_files, template, staging)
-        (staging / contract.MANIFEST_FILE).write_text(manifest.to_json())
-        replace_directory(staging, out)  # an existing --out (allowed by --force) is moved aside, then deleted
+    with folder_lock(out, what=" (another export or build on this --out)"):
+        check_replaceable(config)  # again, now that no other latentcache writer can change it
+        seen = snapshot(out)  # replaced at the end only if still exactly this
+        short = export_dtype(config)
+        check_export_size(config, short)
+        base, coprocessor = load_models(config.base, config.coprocessor, short)
+        dtype = getattr(torch, dtypes.from_short(short))
+        with staging_directory(out) as staging:
+            store = WeightStore(staging / WEIGHTS_FILE)
+            graphs = {}
+            for plan in plan_graphs(base, coprocessor, config, dtype):
+                say(f"exporting {plan.name}.onnx ({config.kv_update} kv update, {dtypes.from_short(short)})")
+                graphs[plan.name] = export_graph(plan, OPSET[config.kv_update], store, staging)
+            tokenizer_files, template = copy_tokenizer(Path(config.base), staging)
+            manifest = build_manifest(base, coprocessor, config, dtype, graphs, tokenizer_files, template, staging)
+            (staging / contract.MANIFEST_FILE).write_text(manifest.to_json())
+            replace_directory(staging, out, expected=seen)  # a --force'd --out is moved aside, then deleted
     say(f"wrote {out} ({sum(f.stat().st_size for f in out.iterdir()) / 2**20:.1f} MiB)")
     return out
+
+
+def check_export_size(config: ExportConfig, short: str) -> None:
+    """--max-seq within the model's positions and the cache (tracing allocates it, past and present) in memory,
+    checked from config.json before any weight is loaded."""
+    from latentcache.model.loading import read_model_config
+
+    mc = read_model_config(config.base)
+    if config.max_seq > mc.max_position_embeddings:
+        raise LatentcacheError(f"--max-seq {config.max_seq} exceeds the model's {mc.max_position_embeddings} positions")
+    itemsize = 4 if short == "fp32" else 2
+    needed = 2 * cache_bytes(mc.num_layers, config.batch, mc.num_kv_heads, config.max_seq, mc.head_dim, itemsize)
+    check_memory(needed, f"a kv-cache of --batch {config.batch} x --max-seq {config.max_seq}",
+                 "lower --batch or --max-seq")
 
 
 def build_manifest(base, coprocessor, config, dtype, graphs, tokenizer_files, template, staging) -> contract.Manifest:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from latentcache.contract import manifest as contract
-from latentcache.contract.files import sha256_of, write_atomically
+from latentcache.contract.files import folder_lock, sha256_of, write_atomically
 from latentcache.errors import BackendUnavailable, LatentcacheError
 from latentcache.tensorrt_support import (
     AHEAD_OF_TIME,
@@ -58,6 +58,13 @@ def build_engines(artifacts: Path, backend: str = "auto", workspace_gb: float | 
         raise LatentcacheError(f"--workspace must be a positive number of GiB, got {workspace_gb}")
     trt, flavour = load_tensorrt(backend)
     artifacts = Path(artifacts)
+    contract.load_manifest(artifacts)  # a clear error for a bad folder before taking its lock
+    # One writer per artifacts folder: an export replacing it meanwhile would delete these engines.
+    with folder_lock(artifacts, what=" (an export or another build on these artifacts)"):
+        return _build_all(trt, flavour, artifacts, workspace_gb, say)
+
+
+def _build_all(trt, flavour: str, artifacts: Path, workspace_gb: float | None, say) -> list[Path]:
     manifest = contract.load_manifest(artifacts)
     capability, targets = build_target(flavour)
     where = "ahead of time on the CPU" if capability == AHEAD_OF_TIME else f"on a GPU ({capability})"

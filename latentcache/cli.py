@@ -7,6 +7,7 @@ and works on a runtime-only install.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -19,6 +20,33 @@ from latentcache.errors import LatentcacheError
 BACKENDS = ("auto", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "torch")
 POLICIES = ("end-of-prompt", "every-n", "entropy", "async")
 TASKS = ("arc-easy", "arc-challenge", "mmlu", "gsm8k")
+
+
+class _Finite(click.ParamType):
+    """A float that is finite (NaN and infinity are refused at the boundary), optionally >= a minimum."""
+
+    name = "float"
+
+    def __init__(self, minimum: float | None = None) -> None:
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) and math.isfinite(value):
+            number = value
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.minimum is not None and number < self.minimum:
+            self.fail(f"{value!r} is below the minimum {self.minimum:g}", param, ctx)
+        return number
+
+
+FINITE, FINITE_NONNEGATIVE = _Finite(), _Finite(0.0)
+SEED = click.IntRange(0, 2**63 - 1)  # numpy and torch seeds are unsigned 64-bit
 
 
 def backend_option(default: str = "auto"):
@@ -83,19 +111,20 @@ def models_fetch(name: str, directory: Path | None, gguf: Path | None) -> None:
 @click.argument("prompt")
 @click.option("--base", required=True, type=click.Path(path_type=Path), help="Hugging Face checkpoint directory.")
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0), help="0 means greedy.")
+@click.option("--temperature", default=0.0, show_default=True, type=FINITE_NONNEGATIVE, help="0 means greedy.")
 @click.option("--top-k", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--chat/--raw", default=True, show_default=True, help="Wrap the prompt in the model's chat template.")
 def generate(prompt: str, base: Path, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
              seed: int, chat: bool) -> None:
     """Run the PyTorch reference on PROMPT; only the generated text goes to stdout."""
     from latentcache.sampling import Sampling
     from latentcache.reference import generate_text
+    from latentcache.text import check_text
 
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    for piece in generate_text(base, prompt, max_new_tokens, sampling, chat):
+    for piece in generate_text(base, check_text(prompt), max_new_tokens, sampling, chat):
         click.echo(piece, nl=False)
     click.echo()
 
@@ -112,14 +141,14 @@ def generate(prompt: str, base: Path, max_new_tokens: int, temperature: float, t
 @click.option("--seq-len", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--grad-accum", type=int)
-@click.option("--lr", type=float)
+@click.option("--lr", type=FINITE)
 @click.option("--warmup-steps", type=int)
 @click.option("--lora-rank", type=int, help="Train LoRA adapters of this rank instead of the full copy.")
 @click.option("--init", type=click.Choice(["base", "random"]))
 @click.option("--pause", is_flag=True, default=None, help="Train the pause-token control instead.")
 @click.option("--eval-every", type=int)
 @click.option("--save-every", type=int)
-@click.option("--seed", type=int)
+@click.option("--seed", type=SEED)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]))
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out exactly where it stopped.")
 def train(config_file: Path | None, resume: bool, **overrides) -> None:
@@ -177,7 +206,7 @@ def export_command(**options) -> None:
 @main.command("build")
 @click.argument("artifacts", type=click.Path(path_type=Path))
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "tensorrt", "tensorrt_rtx"]))
-@click.option("--workspace", type=float, help="Builder workspace limit in GiB.")
+@click.option("--workspace", type=FINITE, help="Builder workspace limit in GiB.")
 def build_command(artifacts: Path, backend: str, workspace: float | None) -> None:
     """Compile every graph of ARTIFACTS into a TensorRT (or TensorRT-RTX) engine."""
     from latentcache.export.tensorrt_build import build_engines
@@ -193,12 +222,12 @@ def runtime_options(command):
         click.option("--no-coprocessor", is_flag=True, help="The base model alone."),
         policy_option(),
         click.option("--every", default=32, show_default=True, type=click.IntRange(1), help="Tokens between augmentations (every-n)."),
-        click.option("--entropy", default=2.5, show_default=True, type=float, help="Entropy threshold in nats (entropy)."),
+        click.option("--entropy", default=2.5, show_default=True, type=FINITE, help="Entropy threshold in nats (entropy)."),
         click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(1)),
-        click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0), help="0 means greedy."),
+        click.option("--temperature", default=0.0, show_default=True, type=FINITE_NONNEGATIVE, help="0 means greedy."),
         click.option("--top-k", default=0, show_default=True, type=click.IntRange(0)),
         click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True)),
-        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--seed", default=0, show_default=True, type=SEED),
         threads_option(),
         click.option("--chat/--raw", default=True, show_default=True, help="Wrap prompts in the chat template."),
     ]
@@ -233,17 +262,33 @@ def run_command(artifacts: Path, prompt: str, **options) -> None:
 @click.argument("artifacts", type=click.Path(path_type=Path))
 @runtime_options
 def chat_command(artifacts: Path, **options) -> None:
-    """An interactive loop: one prompt per line, an empty line or Ctrl-D ends it."""
+    """An interactive loop: one prompt per line, an empty line or Ctrl-D ends it.
+
+    A bad line (invalid UTF-8, too long for the kv-cache) prints its one-line error and the session goes on."""
     session = _request(artifacts, **options)
+    stdin = click.get_binary_stream("stdin")  # bytes: a bad line must not take the buffered lines after it along
     while True:
+        click.echo("you> ", nl=False)
         try:
-            prompt = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
-        except (EOFError, click.Abort):
+            raw = stdin.readline()
+        except KeyboardInterrupt:
             break
+        if not raw:
+            break
+        try:
+            prompt = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            click.echo(f"error: that line is not valid UTF-8 ({exc.reason} at byte {exc.start}); type UTF-8 text",
+                       err=True)
+            continue
         if not prompt.strip():
             break
-        for piece in session.answer(prompt):
-            click.echo(piece, nl=False)
+        try:
+            for piece in session.answer(prompt):
+                click.echo(piece, nl=False)
+        except LatentcacheError as exc:
+            click.echo(f"error: {exc}", err=True)
+            continue
         click.echo()
 
 

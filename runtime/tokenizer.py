@@ -13,7 +13,7 @@ from pathlib import Path
 
 from latentcache.contract.manifest import Manifest
 from latentcache.errors import LatentcacheError
-from latentcache.text import stream_text
+from latentcache.text import check_text, stream_text
 
 
 class Tokenizer:
@@ -23,6 +23,8 @@ class Tokenizer:
         except ImportError:
             raise LatentcacheError("the tokenizers library is missing: pip install 'latentcache[runtime]'") from None
         artifacts = Path(artifacts)
+        if not (artifacts / "tokenizer.json").is_file():
+            raise LatentcacheError(f"{artifacts / 'tokenizer.json'} is missing: re-export the artifacts")
         self.fast = Fast.from_file(str(artifacts / "tokenizer.json"))
         config_path = artifacts / "tokenizer_config.json"
         self.config = json.loads(config_path.read_text()) if config_path.is_file() else {}
@@ -43,6 +45,7 @@ class Tokenizer:
 
     def encode(self, prompt: str, chat: bool = True) -> list[int]:
         """Token ids of ``prompt``, inside the chat template (assistant turn opened) when there is one."""
+        check_text(prompt)
         if not prompt.strip():
             raise LatentcacheError("the prompt is empty; pass some text")
         if chat:
@@ -53,6 +56,9 @@ class Tokenizer:
         """Token ids of a conversation with the assistant turn opened: the chat template over all messages,
         tokenized without added special tokens (as ``apply_chat_template``). A model without a template gets
         the contents one per line, so a lone message encodes as the plain prompt does."""
+        for message in messages:
+            if isinstance(message.get("content"), str):
+                check_text(message["content"], "a message")
         if self.template:
             return self.fast.encode(self.render(messages), add_special_tokens=False).ids
         return self.fast.encode("\n".join(message["content"] for message in messages)).ids

@@ -85,6 +85,13 @@ def synthetic_manifest(directory: Path, layers=2, max_seq=16, batch=1, coprocess
     return contract.load_manifest(directory)
 
 
+def resealed(text: str) -> str:
+    """Manifest JSON with its integrity field recomputed for the edited contents."""
+    data = json.loads(text)
+    data["integrity"] = contract.integrity_of(data)
+    return json.dumps(data)
+
+
 # --- fakes: a tensorrt module and CUDA over host memory --------------------------------------------------
 
 
@@ -418,7 +425,8 @@ def test_backend_refuses_engines_of_other_artifacts(fake_backend, tmp_path):
         TensorRTBackend(tmp_path / "art", contract.load_manifest(tmp_path / "art"), flavour="tensorrt")
     decode.with_suffix(".moved").rename(decode)
     manifest = tmp_path / "art" / contract.MANIFEST_FILE
-    manifest.write_text(manifest.read_text().replace('"vocab_size": 11', '"vocab_size": 12'))
+    # Other artifacts (as a re-export would write them, integrity field included), not an edited manifest.
+    manifest.write_text(resealed(manifest.read_text().replace('"vocab_size": 11', '"vocab_size": 12')))
     with pytest.raises(EngineMismatch, match="built from other artifacts .*latentcache build"):
         TensorRTBackend(tmp_path / "art", contract.load_manifest(tmp_path / "art"), flavour="tensorrt")
 

@@ -5,6 +5,7 @@ Every problem is collected and reported in one line, so a bad config costs one a
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,12 @@ from latentcache.errors import LatentcacheError
 
 # Fields a resumed run may change: they do not alter the optimisation path up to the resumed step. The base
 # is checked by its weights' fingerprint instead of its path, so a moved copy still resumes.
-RESUMABLE_CHANGES = {"max_steps", "log_every", "eval_every", "save_every", "eval_batches", "out", "base"}
+# The data is checked by the contents' fingerprint (train/data/cache.py), so a moved or re-mounted corpus resumes.
+RESUMABLE_CHANGES = {"max_steps", "log_every", "eval_every", "save_every", "eval_batches", "out", "base", "data"}
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class ConfigError(LatentcacheError):
@@ -73,16 +79,21 @@ class TrainConfig:
             )
         if not 0 <= self.val_fraction < 1:
             problems.append("val_fraction must be in [0, 1)")
+        floats = ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "val_fraction")
+        problems += [f"{name} must be a finite number, got {getattr(self, name)!r}" for name in floats
+                     if not _finite(getattr(self, name))]
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
             problems.append("lr must be > 0 and min_lr_ratio in [0, 1]")
+        if self.weight_decay < 0 or self.grad_clip <= 0:
+            problems.append("weight_decay must be >= 0 and grad_clip > 0")
+        if self.seed < 0 or self.lora_rank < 0 or self.warmup_steps < 0:
+            problems.append("seed, lora_rank and warmup_steps must be >= 0")
         if self.init not in ("base", "random"):
             problems.append(f"init must be 'base' or 'random', not '{self.init}'")
         if self.precision not in ("auto", "fp32", "bf16"):
             problems.append(f"precision must be auto, fp32 or bf16, not '{self.precision}'")
         if self.pause and (self.lora_rank or self.init != "base"):
             problems.append("the pause control has no network: drop lora_rank and init")
-        if self.lora_rank < 0:
-            problems.append("lora_rank must be >= 0")
         return problems
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from latentcache.train.config import EvalConfig, TrainConfig
 
-from latentcache.contract.files import write_atomically
+from latentcache.contract.files import folder_lock, write_atomically
 
 
 def prepare_training_data(config: TrainConfig, eos_id: int | None):
@@ -41,7 +42,11 @@ def run_training(config: TrainConfig, resume: bool) -> Path:
     eos_id = _eos_id(model_config)
     dist = Distributed(resolve_device(config.device))
     trainer = None
+    # One writer per run folder: a second `train --out` on it fails at once instead of interleaving checkpoints.
+    locks = contextlib.ExitStack()
     try:
+        if dist.main:
+            locks.enter_context(folder_lock(Path(config.out), what=" (another `latentcache train` on this --out)"))
         with dist.main_first():
             splits, fingerprint = prepare_training_data(config, eos_id)
         trainer = Trainer(config, splits["train"], splits["validation"], fingerprint)
@@ -52,6 +57,7 @@ def run_training(config: TrainConfig, resume: bool) -> Path:
         # gloo in about one torchrun run of three (tests/test_ddp.py). Drop it first.
         del trainer
         dist.close()
+        locks.close()
     return Path(config.out) / CHECKPOINT_DIR
 
 
@@ -82,29 +88,42 @@ def run_evaluation(config: EvalConfig) -> dict:
     """
     import json
 
-    import torch
-    from latentcache.train.data import leading_batches
-    from latentcache.train.evaluate import (
-        PerplexityConfig,
-        evaluate_perplexity,
-        markdown_table,
-        plot_relative_change,
-    )
+    from latentcache.model import load_decoder
     from latentcache.train.trainer import resolve_device
 
-    from latentcache.model import load_decoder
+    decoder = load_decoder(config.base, device=resolve_device(config.device))
+    runs = _load_runs(config, decoder)
+    report: dict = {"perplexity": {}, "benchmarks": {}}
+    markdown = _perplexity_tables(config, decoder, runs, report)
+    if config.tasks:
+        markdown += _benchmark_tables(config, decoder, runs, report)
+    write_atomically(config.json_out, json.dumps(report, indent=2))
+    write_atomically(config.json_out.with_suffix(".md"), "\n\n".join(markdown) + "\n")
+    return report
+
+
+def _load_runs(config: EvalConfig, decoder) -> dict:
+    """``{label: coprocessor}``, the frozen base alone first (label: the run folder's name)."""
     from latentcache.model.checkpoint import load_coprocessor
 
-    base, json_out = config.base, config.json_out
-    decoder = load_decoder(base, device=resolve_device(config.device))
-    eos_id = _eos_id(decoder.config)
     runs = {"no-augmentation": None}
     for directory in config.coprocessors:
         name = Path(directory).parent.name
-        runs[name if name and name not in runs else str(directory)] = load_coprocessor(directory, base, decoder)[1]
-    report: dict = {"perplexity": {}, "benchmarks": {}}
+        runs[name if name and name not in runs else str(directory)] = load_coprocessor(directory, config.base,
+                                                                                       decoder)[1]
+    return runs
+
+
+def _perplexity_tables(config: EvalConfig, decoder, runs: dict, report: dict) -> list[str]:
+    """Table 1 per validation set and run (plus the shuffled-latents control); fills ``report``, returns markdown."""
+    import torch
+
+    from latentcache.train.data import leading_batches
+    from latentcache.train.evaluate import PerplexityConfig, evaluate_perplexity, markdown_table, plot_relative_change
+
+    eos_id = _eos_id(decoder.config)
     markdown = []
-    for set_name, dataset in _validation_sets(base, config.data, config.seq_len, eos_id).items():
+    for set_name, dataset in _validation_sets(config.base, config.data, config.seq_len, eos_id).items():
         results = {}
         for name, coprocessor in runs.items():
             variants = [(name, False)] + ([(f"{name} (shuffled latents)", True)]
@@ -115,20 +134,22 @@ def run_evaluation(config: EvalConfig) -> dict:
                 results[label] = evaluate_perplexity(decoder, coprocessor, map(torch.from_numpy, rows), table)
         report["perplexity"][set_name] = {label: r.to_dict() for label, r in results.items()}
         markdown.append(f"### {set_name}\n\n{markdown_table(results)}")
-        plot_relative_change(results, json_out.with_name(f"{json_out.stem}-{set_name}.png"))
-    if config.tasks:
-        from latentcache.train.benchmarks import run_benchmarks, tokenizer_functions
+        plot_relative_change(results, config.json_out.with_name(f"{config.json_out.stem}-{set_name}.png"))
+    return markdown
 
-        from latentcache.reference import load_tokenizer
-        from latentcache.tasks import BenchmarkConfig, benchmark_markdown
 
-        encode, decode = tokenizer_functions(load_tokenizer(Path(base)))
-        for name, coprocessor in runs.items():
-            if coprocessor is None:
-                continue
-            results = run_benchmarks(decoder, coprocessor, encode, decode, BenchmarkConfig(config.tasks, config.limit))
-            report["benchmarks"][name] = {task: r.to_dict() for task, r in results.items()}
-            markdown.append(f"### benchmarks: {name}\n\n{benchmark_markdown(results)}")
-    write_atomically(json_out, json.dumps(report, indent=2))
-    write_atomically(json_out.with_suffix(".md"), "\n\n".join(markdown) + "\n")
-    return report
+def _benchmark_tables(config: EvalConfig, decoder, runs: dict, report: dict) -> list[str]:
+    """The benchmark tasks per coprocessor (each with its own baseline); fills ``report``, returns markdown."""
+    from latentcache.reference import load_tokenizer
+    from latentcache.tasks import BenchmarkConfig, benchmark_markdown
+    from latentcache.train.benchmarks import run_benchmarks, tokenizer_functions
+
+    encode, decode = tokenizer_functions(load_tokenizer(config.base))
+    markdown = []
+    for name, coprocessor in runs.items():
+        if coprocessor is None:
+            continue
+        results = run_benchmarks(decoder, coprocessor, encode, decode, BenchmarkConfig(config.tasks, config.limit))
+        report["benchmarks"][name] = {task: r.to_dict() for task, r in results.items()}
+        markdown.append(f"### benchmarks: {name}\n\n{benchmark_markdown(results)}")
+    return markdown

@@ -119,6 +119,20 @@ class Distributed:
             torch.distributed.destroy_process_group()
 
 
+def _logged_step(line: str) -> int | None:
+    """The step of one metrics.jsonl line, or None when the line is not a complete record."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+class TrainingDiverged(LatentcacheError):
+    """The loss or the gradients became NaN or infinite; nothing of that step was applied or saved."""
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, train_data: Sequence, val_data: Sequence, data_fingerprint: str,
                  on_step: Callable[[int, dict], None] | None = None) -> None:
@@ -126,6 +140,7 @@ class Trainer:
         self.data_fingerprint, self.on_step = data_fingerprint, on_step
         self.out = Path(config.out)
         self.step = 0
+        self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
 
     # ---- setup -------------------------------------------------------------------------------------------
     def setup(self, resume: bool) -> None:
@@ -175,7 +190,7 @@ class Trainer:
                                   "restore them or start a new --out")
         base = self.config.base
         other = {"base": f"another base than {base}", "tokenizer": f"another tokenizer than {base}'s",
-                 "data": "other data (the --data files or their contents changed)"}
+                 "data": "other data (the contents of the --data files changed, or the tokenizer or packing did)"}
         for kind, value in self.fingerprints.items():
             if state["fingerprints"].get(kind) != value:
                 raise CheckpointError(f"{directory}: was trained on {other[kind]} (fingerprint mismatch); "
@@ -183,7 +198,7 @@ class Trainer:
         ckpt.restore_trainable(self.trainable, ckpt.load_tensors(directory), directory)
         ckpt.restore_optimizer(self.optimizer, self.trainable, ckpt.load_tensors(directory, ckpt.OPTIMIZER),
                                state["step"])
-        self.step = state["step"]
+        self.step = self.saved_step = state["step"]
         self._truncate_metrics_after(self.step)
         self._log(f"resumed from step {self.step}")
 
@@ -233,10 +248,17 @@ class Trainer:
                 loss.backward()
             total += loss.item()
         norm = torch.nn.utils.clip_grad_norm_(self.trainable.values(), cfg.grad_clip)
+        loss = self.dist.mean(total)
+        if not (math.isfinite(loss) and math.isfinite(float(norm))):
+            # Checked before the update: one NaN step would poison the weights and every later checkpoint.
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(f"step {self.step + 1}: the loss or the gradients are not finite (loss {loss:.4g}, "
+                                   f"gradient norm {float(norm):.4g}); training stopped, {self._last_good()}; "
+                                   "lower --lr or check the data")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {"step": self.step, "loss": self.dist.mean(total), "lr": learning_rate(self.step - 1, cfg),
+        return {"step": self.step, "loss": loss, "lr": learning_rate(self.step - 1, cfg),
                 "grad_norm": float(norm)}
 
     @torch.no_grad()
@@ -290,7 +312,8 @@ class Trainer:
                 if self.on_step is not None:
                     self.on_step(self.step, metrics)
         except KeyboardInterrupt:
-            self.save(metrics)  # never lose work: the finished steps are kept
+            if self.saved_step != self.step:
+                self.save(metrics)  # never lose work: the finished steps are kept
             self._log(f"interrupted; checkpoint saved at step {self.step}, continue with --resume")
             raise
         finally:
@@ -305,6 +328,13 @@ class Trainer:
                  "coprocessor_config": asdict(self.coprocessor.config), "fingerprints": self.fingerprints,
                  "metrics": metrics, "base_model_config": self.base.config.to_dict()}
         ckpt.save_checkpoint(self.out / CHECKPOINT_DIR, dict(self.trainable), self.optimizer, state)
+        self.saved_step = self.step
+
+    def _last_good(self) -> str:
+        where = self.out / CHECKPOINT_DIR
+        if self.saved_step is None:
+            return f"no checkpoint was written to {where}"
+        return f"the last good checkpoint (step {self.saved_step}) in {where} is intact"
 
     def _write_metrics(self, metrics: dict) -> None:
         if self.dist.main:
@@ -313,9 +343,11 @@ class Trainer:
                 handle.write(json.dumps(metrics) + "\n")
 
     def _truncate_metrics_after(self, step: int) -> None:
+        """Keep the log lines up to ``step``; a line cut short by a kill (or otherwise unreadable) is dropped."""
         path = self.out / METRICS_FILE
         if self.dist.main and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            kept = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+                    if (logged := _logged_step(line)) is not None and logged <= step]
             write_atomically(path, "".join(line + "\n" for line in kept))  # resume must not lose the log
 
     def _log(self, message: str) -> None:

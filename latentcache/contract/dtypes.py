@@ -15,6 +15,9 @@ FLOAT_NAMES = tuple(SHORT_NAMES.values())
 NAMES = (*FLOAT_NAMES, "int64", "int32", "bool")
 # onnx.TensorProto element types (the ONNX spec's numbering) -> the contract's name.
 ONNX_ELEMENT_TYPES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
+# ONNX Runtime's NodeArg.type strings -> the contract's name.
+ONNXRUNTIME_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
+                     "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
 # tensorrt.DataType member names -> the contract's name.
 TENSORRT_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32",
                   "BOOL": "bool"}

@@ -26,6 +26,7 @@ buffer.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -135,6 +136,9 @@ class Manifest:
     coprocessor: dict = field(default_factory=dict)  # checkpoint metadata (config, metrics) when present
     sources: dict = field(default_factory=dict)  # where base/coprocessor came from (the torch reference backend)
     version: int = MANIFEST_VERSION
+    # sha256 of the manifest's own canonical JSON without this field (``to_json`` fills it): detects an edited
+    # or damaged manifest. A checksum, not a signature: whoever can edit the file can recompute it.
+    integrity: str = ""
 
     def __post_init__(self) -> None:
         if self.kv_update not in KV_UPDATES:
@@ -146,7 +150,14 @@ class Manifest:
             raise ManifestError("num_latents and the presence of the coprocessor graph disagree")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        data = json.loads(json.dumps(asdict(self)))  # tuples become lists, exactly as a reader will see them
+        data["integrity"] = integrity_of(data)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    def referenced_files(self) -> list[str]:
+        """Every path the runtime opens in the artifacts folder: graphs, tokenizer files, the chat template."""
+        names = [graph.file for graph in self.graphs.values()] + list(self.tokenizer_files)
+        return names + ([self.chat_template] if self.chat_template else [])
 
     @staticmethod
     def from_dict(data: dict) -> "Manifest":
@@ -156,6 +167,13 @@ class Manifest:
                 f"manifest version {version} is not supported by this runtime (reads version {MANIFEST_VERSION}):"
                 " re-export the artifacts with this latentcache version"
             )
+        claimed = data.get("integrity")
+        if not isinstance(claimed, str) or not claimed:
+            raise ManifestError(f"manifest version {version} without an integrity field (written before latentcache "
+                                "checked manifests): re-export the artifacts with this latentcache version")
+        if claimed != integrity_of(data):
+            raise ManifestError("manifest.json was edited or damaged after export (its integrity sha256 does not match "
+                                "its contents): re-export the artifacts")
         fields = dict(data)
         fields["graphs"] = {name: GraphSpec.from_dict(g) for name, g in data["graphs"].items()}
         fields["kv"] = KVSpec(**data["kv"])
@@ -163,16 +181,28 @@ class Manifest:
         return Manifest(**fields)
 
 
+def integrity_of(data: dict) -> str:
+    """sha256 of a manifest's canonical JSON (sorted keys, no spaces), the ``integrity`` field itself left out."""
+    rest = {key: value for key, value in data.items() if key != "integrity"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def load_manifest(directory: str | Path, verify: bool = True) -> Manifest:
-    """Read ``directory/manifest.json``; with ``verify``, check every listed file exists with its sha256."""
+    """Read ``directory/manifest.json``: its integrity field, every path confined to ``directory``, and the
+    ``files`` hash map covering every file the graphs and tokenizer read (every regular file at the top level).
+    With ``verify``, also check each listed file exists with its sha256."""
     directory = Path(directory)
     path = directory / MANIFEST_FILE
     if not path.is_file():
         raise ManifestError(f"{directory} is not an artifacts directory (no {MANIFEST_FILE}): run `latentcache export`")
     try:
-        manifest = Manifest.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        manifest = Manifest.from_dict(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ManifestError(f"{path} is malformed ({exc}): re-export the artifacts") from None
+    check_paths(directory, manifest)
     if verify:
         for name, expected in manifest.files.items():
             file = directory / name
@@ -181,3 +211,28 @@ def load_manifest(directory: str | Path, verify: bool = True) -> Manifest:
             if sha256_of(file) != expected:
                 raise ManifestError(f"{file} does not match its sha256 in the manifest: re-export the artifacts")
     return manifest
+
+
+def check_paths(directory: Path, manifest: Manifest) -> None:
+    """Every path stays inside ``directory``, and every file the runtime may read there is hashed.
+
+    Covered: the graphs, tokenizer files and chat template when present, and every other regular file at
+    the top level (external weights such as ``weights.bin`` are opened by ONNX Runtime, not by us). Hidden
+    files and subfolders (``engines/``, checked by the TensorRT backend) are not covered."""
+    root = directory.resolve()
+    for name in [*manifest.referenced_files(), *manifest.files]:
+        if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ManifestError(f"{directory / MANIFEST_FILE}: path {name!r} leaves the artifacts folder: re-export "
+                                "the artifacts")
+        resolved = (directory / name).resolve()
+        if resolved != root and root not in resolved.parents:
+            raise ManifestError(f"{directory / name} resolves outside the artifacts folder (a symlink?): re-export "
+                                "the artifacts")
+    present = [name for name in manifest.referenced_files() if (directory / name).exists()]
+    present += [p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")
+                and p.name != MANIFEST_FILE]
+    unhashed = sorted(set(present) - set(manifest.files))
+    if unhashed:
+        raise ManifestError(f"{directory / MANIFEST_FILE}: no sha256 for {', '.join(unhashed[:3])}"
+                            f"{' and more' if len(unhashed) > 3 else ''} (its files map must cover every file the "
+                            "graphs and tokenizer read): re-export the artifacts")

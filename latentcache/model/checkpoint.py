@@ -7,13 +7,18 @@ A checkpoint directory holds
   - ``state.json``: step, training and coprocessor configs, fingerprints of the base weights, tokenizer
     and data, and the last metrics.
 It is assembled in a temporary sibling and swapped in with renames, so an interruption leaves either the
-previous checkpoint or the new one, never a mix.
+previous checkpoint or the new one, never a mix. ``state.json`` records the sha256 of each tensor file
+(``files``) and every load checks it, so a flipped byte is refused instead of spreading NaN; non-finite
+tensors are never written; the previous checkpoint waits as ``NAME.previous`` until the new one has been
+read back and verified.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,7 +26,7 @@ from typing import Any
 import torch
 
 from latentcache.contract.dtypes import from_short
-from latentcache.contract.files import replace_directory, sha256_of, staging_directory
+from latentcache.contract.files import folder_lock, replace_directory, sha256_of, staging_directory
 from latentcache.errors import CheckpointError
 from latentcache.model.loading import load_decoder, weight_files
 
@@ -58,16 +63,55 @@ def save_checkpoint(
     state: dict[str, Any],
     dtype: torch.dtype = torch.float32,
 ) -> None:
-    """Write a checkpoint to ``directory`` atomically (replacing any previous one); weights stored as ``dtype``."""
+    """Write a checkpoint to ``directory`` atomically (replacing any previous one); weights stored as ``dtype``.
+
+    Refuses non-finite tensors (the previous checkpoint stays as it was); the previous checkpoint is removed
+    only after the new one has been read back and verified."""
     from safetensors.torch import save_file
 
-    with staging_directory(directory) as scratch:
-        save_file({k: v.detach().to(dtype).contiguous().cpu() for k, v in trainable.items()}, scratch / WEIGHTS)
-        if optimizer is not None:
-            save_file(_optimizer_tensors(trainable, optimizer), scratch / OPTIMIZER)
+    directory = Path(directory)
+    tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in trainable.items()}
+    moments = _optimizer_tensors(trainable, optimizer) if optimizer is not None else None
+    _require_finite(tensors, directory, f"step {state.get('step')}: the weights")
+    _require_finite(moments or {}, directory, f"step {state.get('step')}: the optimizer state")
+    previous = previous_path(directory)
+    with folder_lock(directory), staging_directory(directory) as scratch:
+        save_file(tensors, scratch / WEIGHTS)
+        written = [WEIGHTS]
+        if moments is not None:
+            save_file(moments, scratch / OPTIMIZER)
+            written.append(OPTIMIZER)
+        state = {**state, "files": {name: sha256_of(scratch / name) for name in written}}
         (scratch / STATE).write_text(json.dumps(state, indent=2, sort_keys=True))
-        # The old checkpoint waits as NAME.previous until the new one is in place (resolve_checkpoint reads it).
-        replace_directory(scratch, directory, aside=previous_path(directory))
+        # The old checkpoint waits as NAME.previous until the new one is verified (resolve_checkpoint reads it).
+        replace_directory(scratch, directory, aside=previous, keep_aside=True)
+        try:
+            verify_checkpoint(directory)
+        except CheckpointError:
+            _restore_previous(directory, previous)
+            raise
+        if previous.exists():
+            shutil.rmtree(previous)
+
+
+def _restore_previous(directory: Path, previous: Path) -> None:
+    """Put the previous checkpoint back after the new one failed its read-back (the broken one is discarded)."""
+    if previous.exists():
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(previous, directory)
+
+
+def verify_checkpoint(directory: Path) -> None:
+    """Read every tensor file of ``directory`` back: sha256 as recorded, parseable, all values finite."""
+    for name in load_state(directory).get("files", {}):
+        load_tensors(directory, name)
+
+
+def _require_finite(tensors: dict[str, torch.Tensor], directory: Path, what: str) -> None:
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{what} hold NaN or infinity ({name}): not saved, the checkpoint in {directory} "
+                                  "is kept as it was; lower --lr or --grad-clip and resume from it")
 
 
 def pack_checkpoint(source: Path, target: Path, dtype: torch.dtype = torch.float16) -> Path:
@@ -78,6 +122,7 @@ def pack_checkpoint(source: Path, target: Path, dtype: torch.dtype = torch.float
     """
     source = resolve_checkpoint(Path(source))
     state = {**load_state(source), "packed_from": str(source), "packed_dtype": str(dtype).removeprefix("torch.")}
+    state.pop("files", None)  # the packed copy records its own
     save_checkpoint(Path(target), load_tensors(source), None, state, dtype)
     return Path(target)
 
@@ -112,23 +157,57 @@ def _optimizer_tensors(trainable: dict[str, torch.Tensor], optimizer: torch.opti
     return tensors
 
 
+STATE_FIELDS = {"step": int, "train_config": dict, "coprocessor_config": dict, "fingerprints": dict}
+
+
 def load_state(directory: Path) -> dict[str, Any]:
     path = resolve_checkpoint(directory) / STATE
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: corrupt checkpoint state ({exc})") from exc
+    problem = _state_problem(state)
+    if problem:
+        raise CheckpointError(f"{path}: malformed checkpoint state ({problem}); restore it or start a new --out")
+    return state
+
+
+def _state_problem(state) -> str | None:
+    if not isinstance(state, dict):
+        return f"a JSON {type(state).__name__}, not an object"
+    for key, kind in STATE_FIELDS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            return f"'{key}' is missing or not a{'n' if kind is int else ''} {kind.__name__}"
+    if state["step"] < 0:
+        return f"step {state['step']} is negative"
+    files = state.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()) or \
+            not set(files) <= {WEIGHTS, OPTIMIZER}:
+        return "'files' must map coprocessor.safetensors/optimizer.safetensors to sha256 strings"
+    return None
 
 
 def load_tensors(directory: Path, name: str = WEIGHTS) -> dict[str, torch.Tensor]:
+    """The tensors of file ``name``, checked against the sha256 ``state.json`` recorded (checkpoints written
+    before checksums existed carry none and are checked for finite values only)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = resolve_checkpoint(directory) / name
+    directory = resolve_checkpoint(directory)
+    path = directory / name
+    expected = load_state(directory).get("files", {}).get(name)
+    if expected is not None and path.is_file() and sha256_of(path) != expected:
+        raise CheckpointError(f"{path}: does not match the sha256 in {STATE} (the file is corrupt); restore it "
+                              "from a backup or train again")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: unreadable checkpoint ({exc}); the file is truncated or corrupt") from exc
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: {key} holds NaN or infinity; this checkpoint is unusable, resume from an "
+                                  "earlier one or train again")
+    return tensors
 
 
 def restore_trainable(trainable: dict[str, torch.nn.Parameter], saved: dict[str, torch.Tensor], where: Path) -> None:
@@ -166,7 +245,7 @@ def load_coprocessor(directory: Path, base_dir: Path, base=None):
 
     directory = resolve_checkpoint(Path(directory))
     state = load_state(directory)
-    if state["fingerprints"]["base"] != base_fingerprint(Path(base_dir)):
+    if state["fingerprints"].get("base") != base_fingerprint(Path(base_dir)):
         raise CheckpointError(
             f"{directory}: trained on another base than {base_dir} (weights fingerprint mismatch); "
             "pass the --base it was trained on"

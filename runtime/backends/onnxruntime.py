@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from latentcache.arrays import HOST_DTYPES
+from latentcache.contract import dtypes
 from latentcache.contract import manifest as contract
+from latentcache.limits import cache_bytes, check_memory
 from latentcache.runtime.backend import Backend, BackendUnavailable
 
 def numpy_dtype(dtype: str):
@@ -38,6 +40,50 @@ def import_onnxruntime():
     except ImportError:
         raise BackendUnavailable("ONNX Runtime is not installed: pip install 'latentcache[runtime]'") from None
     return onnxruntime
+
+
+def static_sizes(manifest: contract.Manifest) -> dict[str, int]:
+    """The manifest's named dimensions that are fixed at export (the rest, query/attend, vary per call)."""
+    kv = manifest.kv
+    return {"batch": kv.batch, "kv_heads": kv.num_kv_heads, "max_seq": kv.max_seq, "head_dim": kv.head_dim,
+            "hidden": manifest.hidden_size, "vocab": manifest.vocab_size}
+
+
+def check_graph_io(file: str, spec: contract.GraphSpec, session, sizes: dict[str, int]) -> None:
+    """The graph's real inputs and outputs (order, names, element types, static dims) against the manifest.
+
+    A manifest that disagrees with its graphs would bind the wrong buffers (swapped key/value caches run
+    and print wrong text) or fail deep inside ONNX Runtime; one line lists the mismatches instead."""
+    problems = []
+    for kind, declared, actual in (("input", spec.inputs, session.get_inputs()),
+                                   ("output", spec.outputs, session.get_outputs())):
+        if [s.name for s in declared] != [a.name for a in actual]:
+            problems += _name_problems(kind, declared, actual)
+            continue
+        for want, have in zip(declared, actual):
+            dtype = dtypes.ONNXRUNTIME_TYPES.get(have.type, have.type)
+            if dtype != want.dtype:
+                problems.append(f"{kind} {want.name} is {dtype} in the graph, {want.dtype} in the manifest")
+            wanted = [sizes.get(w, w) for w in want.shape]
+            if len(have.shape) != len(wanted) or any(
+                    isinstance(w, int) and isinstance(h, int) and w != h for w, h in zip(wanted, have.shape)):
+                problems.append(f"{kind} {want.name} has shape {list(have.shape)} in the graph, {wanted} "
+                                "in the manifest")
+    if problems:
+        more = f" and {len(problems) - 4} more" if len(problems) > 4 else ""
+        raise contract.ManifestError(f"{file} does not match the manifest: {'; '.join(problems[:4])}{more}: "
+                                     "re-export the artifacts")
+
+
+def _name_problems(kind: str, declared, actual) -> list[str]:
+    names, real = [s.name for s in declared], [a.name for a in actual]
+    missing, extra = [n for n in names if n not in real], [n for n in real if n not in names]
+    problems = [f"the manifest's {kind} {n} is not in the graph" for n in missing]
+    problems += [f"the graph's {kind} {n} is not in the manifest" for n in extra]
+    if not problems:  # same names, other order: roles would be bound to the wrong tensors
+        first = next(i for i, (a, b) in enumerate(zip(names, real)) if a != b)
+        problems.append(f"{kind} {first} is {real[first]} in the graph, {names[first]} in the manifest")
+    return problems
 
 
 class OnnxRuntimeBackend(Backend):
@@ -57,11 +103,14 @@ class OnnxRuntimeBackend(Backend):
         options.log_severity_level = 3  # TensorScatter logs a warning per call when it has to copy
         options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 8)
         self.decode_on_prefill = not separate_decode
+        kv = manifest.kv
+        check_memory(cache_bytes(kv.num_layers, kv.batch, kv.num_kv_heads, kv.max_seq, kv.head_dim,
+                                 np.dtype(dtype).itemsize) * (2 if manifest.kv_update == "portable" else 1),
+                     f"the kv-cache of {self.artifacts}", "re-export with a smaller --batch or --max-seq")
         self.sessions = {
-            name: ort.InferenceSession(str(self.artifacts / spec.file), options, providers=[self.provider])
+            name: self._session(spec, options)
             for name, spec in manifest.graphs.items() if not (name == "decode" and self.decode_on_prefill)
         }
-        kv = manifest.kv
         buffers = 2 if manifest.kv_update == "portable" else 1
         self.caches = [
             [self._allocate(kv.shape(), dtype) for _ in range(2 * kv.num_layers)] for _ in range(buffers)
@@ -83,6 +132,14 @@ class OnnxRuntimeBackend(Backend):
         embeds_dtype = numpy_dtype(manifest.graphs["prefill"].tensor(contract.INPUTS_EMBEDS).dtype)
         self.decode_rows = {contract.INPUTS_EMBEDS: np.zeros((batch, 1, hidden), embeds_dtype),
                             contract.EMBEDS_MASK: np.zeros((batch, 1), dtype=np.int64)}
+
+    def _session(self, spec: contract.GraphSpec, options):
+        path = self.artifacts / spec.file
+        if not path.is_file():
+            raise contract.ManifestError(f"{path} is missing: re-export the artifacts")
+        session = self.ort.InferenceSession(str(path), options, providers=[self.provider])
+        check_graph_io(path.name, spec, session, static_sizes(self.manifest))
+        return session
 
     def _bind_static(self, graph: str, current: int):
         """A binding of ``graph`` with the cache (buffer set ``current`` as past) and the outputs attached."""

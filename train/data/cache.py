@@ -43,16 +43,18 @@ from latentcache.train.data.tokenize import (
 
 
 def corpus_fingerprint(config: CorpusConfig) -> str:
-    """sha256 over everything that decides the tokens: tokenizer files, each source file's path, size and
-    mtime, the packing and split settings, and ``DATA_FORMAT_VERSION``. Contents are not hashed (68 MB of
-    xz would cost seconds); a file edited in place keeping its size and mtime would go unnoticed."""
+    """sha256 over everything that decides the tokens: tokenizer files, each source's *contents* (size and
+    sha256 of every file it contributes, with the name its document ids derive from), the packing and split
+    settings, and ``DATA_FORMAT_VERSION``. Not the absolute path: a moved or re-mounted corpus keeps its
+    fingerprint (and its cache). Sources keep their order (it decides the packing), a directory's files are
+    taken sorted (its listing order does not). Hashes are cached by path, size and mtime for the process."""
     config_file = config.tokenizer_path.with_name("tokenizer_config.json")
     key = {
         "version": DATA_FORMAT_VERSION,
         "tokenizer": sha256_of(config.tokenizer_path),
         # eos_id=None is resolved from here, so its contents count too.
         "tokenizer_config": sha256_of(config_file) if config.eos_id is None and config_file.is_file() else None,
-        "sources": [_source_stats(path) for path in config.sources],
+        "sources": [_source_contents(path) for path in config.sources],
         "seq_len": config.seq_len,
         "val_fraction": config.val_fraction,
         "holdout": list(config.holdout),
@@ -64,10 +66,25 @@ def corpus_fingerprint(config: CorpusConfig) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _source_stats(path: Path) -> list[list]:
-    """[path, size, mtime_ns] of the file, or of every file a directory contributes (so adding one counts)."""
-    files = [file for file, _ in listed_files(path)] if path.is_dir() else [path]
-    return [[str(file.resolve()), file.stat().st_size, file.stat().st_mtime_ns] for file in files]
+def _source_contents(path: Path) -> list[list]:
+    """[document-id name, size, sha256] of the file, or of every file a directory contributes (so adding one counts).
+
+    The name is what document ids (and so the train/validation split) are made of: a file's name, a
+    directory's own name plus each file's relative path."""
+    if path.is_dir():
+        return [[doc_id, file.stat().st_size, _content_sha256(file)] for file, doc_id in listed_files(path)]
+    return [[path.name, path.stat().st_size, _content_sha256(path)]]
+
+
+_HASHES: dict[tuple, str] = {}
+
+
+def _content_sha256(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_of(path)
+    return _HASHES[key]
 
 
 def _disk_size(path: Path) -> int:

@@ -108,9 +108,24 @@ def _patterns(value, name: str) -> tuple[str, ...]:
     return patterns
 
 
+# One document (a file, a tar member or a JSONL line) is read into memory whole; beyond this it is refused
+# rather than exhausting memory (a 512 MiB text is far past any single book or article).
+MAX_DOCUMENT_BYTES = 512 * 2**20
+
+
 def _require_exists(path: Path) -> None:
+    """A source must be a regular file or a directory: a device or FIFO (``/dev/zero``) would be read forever."""
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
+    if not (path.is_file() or path.is_dir()):
+        raise DataError(f"{path}: not a regular file or directory (a device, socket or FIFO); pass text files, "
+                        "directories, tar archives or JSONL")
+
+
+def require_size(size: int, where: str) -> None:
+    if size > MAX_DOCUMENT_BYTES:
+        raise DataError(f"{where}: one document of {size / 2**20:.0f} MiB, over the {MAX_DOCUMENT_BYTES // 2**20} MiB "
+                        "limit; split it into smaller files")
 
 
 def _tokenizer_file(path: Path) -> Path:

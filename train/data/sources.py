@@ -24,8 +24,10 @@ from latentcache.train.data.config import (
     ByteCounter,
     CorpusConfig,
     Document,
+    MAX_DOCUMENT_BYTES,
     PathLike,
     _require_exists,
+    require_size,
 )
 
 
@@ -70,8 +72,9 @@ def _is_jsonl(name: str) -> bool:
 def _file_documents(path: Path, doc_id: str, jsonl_field: str, report: ByteCounter) -> Iterator[Document]:
     if _is_jsonl(path.name):
         with open(path, "rb") as handle:
-            yield from _jsonl_documents(handle, doc_id, str(path), jsonl_field, report)
+            yield from _jsonl_documents(_bounded_lines(handle, str(path)), doc_id, str(path), jsonl_field, report)
         return
+    require_size(path.stat().st_size, str(path))
     data = path.read_bytes()
     report(len(data))
     yield Document(doc_id, _decode(data, str(path)))
@@ -98,9 +101,17 @@ def _member_documents(
     doc_id, where = f"{path.name}::{member.name}", f"{path}::{member.name}"
     handle = archive.extractfile(member)
     if _is_jsonl(member.name):
-        yield from _jsonl_documents(handle, doc_id, where, jsonl_field, lambda n: None)
+        yield from _jsonl_documents(_bounded_lines(handle, where), doc_id, where, jsonl_field, lambda n: None)
     else:
+        require_size(member.size, where)
         yield Document(doc_id, _decode(handle.read(), where))
+
+
+def _bounded_lines(handle, where: str) -> Iterator[bytes]:
+    """Lines of a binary handle, each at most ``MAX_DOCUMENT_BYTES`` (one JSONL record is one document)."""
+    for number, line in enumerate(iter(lambda: handle.readline(MAX_DOCUMENT_BYTES + 1), b""), start=1):
+        require_size(len(line), f"{where}:{number}")
+        yield line
 
 
 def _jsonl_documents(
