@@ -195,6 +195,48 @@ def test_foreign_manifest_version(native, copy):
     assert_one_line_error(run_native(native, copy, PROMPT, check=False), "manifest version 99 is not supported")
 
 
+def reseal(directory: Path, manifest: dict) -> None:
+    """Write ``manifest`` with a recomputed integrity field: the check behind it must then be a different one."""
+    from latentcache.contract.manifest import integrity_of
+
+    manifest["integrity"] = integrity_of(manifest)
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def test_edited_manifest_fails_its_integrity_check(native, copy):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["kv"]["max_seq"] += 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert_one_line_error(run_native(native, copy, PROMPT, check=False), "integrity sha256 does not match")
+    del manifest["integrity"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert_one_line_error(run_native(native, copy, PROMPT, check=False), "without an integrity field")
+
+
+def test_the_native_integrity_equals_pythons_on_every_exported_manifest(native, exports):
+    """Python writes the field; the binary recomputes it from the parsed JSON (floats, escapes, key order)."""
+    for arch, kv in FAST_CASES:
+        run_native(native, exports(arch, kv), PROMPT, "--max-new-tokens", 1)  # exit 0: the integrity agreed
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("chat_template", "../../../etc/passwd", "leaves the artifacts folder"),
+    ("tokenizer_files", ["/etc/hostname"], "leaves the artifacts folder"),
+])
+def test_paths_may_not_leave_the_artifacts(native, copy, field, value, message):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest[field] = value
+    reseal(copy, manifest)
+    assert_one_line_error(run_native(native, copy, PROMPT, check=False), message)
+
+
+def test_every_file_must_be_hashed(native, copy):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["files"]["weights.bin"]
+    reseal(copy, manifest)
+    assert_one_line_error(run_native(native, copy, PROMPT, check=False), "no sha256 for weights.bin")
+
+
 def test_not_an_artifacts_directory(native, tmp_path):
     assert_one_line_error(run_native(native, tmp_path, PROMPT, check=False), "no manifest.json")
 

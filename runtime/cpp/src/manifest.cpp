@@ -2,7 +2,10 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
+#include <set>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sys/stat.h>
@@ -82,19 +85,41 @@ std::string readFile(const std::string& path) {
     return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+namespace {
+using Digest = std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)>;
+
+Digest newDigest() {
+    Digest ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+    if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) throw Error("OpenSSL SHA-256 unavailable");
+    return ctx;
+}
+
+std::string hexDigest(EVP_MD_CTX* ctx);
+}  // namespace
+
 std::string sha256File(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) throw Error("cannot read " + path);
-    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-    if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) throw Error("OpenSSL SHA-256 unavailable");
+    Digest ctx = newDigest();
     std::vector<char> buffer(1 << 20);
     while (in) {
         in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
         EVP_DigestUpdate(ctx.get(), buffer.data(), static_cast<size_t>(in.gcount()));
     }
+    return hexDigest(ctx.get());
+}
+
+std::string sha256Text(const std::string& text) {
+    Digest ctx = newDigest();
+    EVP_DigestUpdate(ctx.get(), text.data(), text.size());
+    return hexDigest(ctx.get());
+}
+
+namespace {
+std::string hexDigest(EVP_MD_CTX* ctx) {
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int length = 0;
-    EVP_DigestFinal_ex(ctx.get(), digest, &length);
+    EVP_DigestFinal_ex(ctx, digest, &length);
     static const char* hex = "0123456789abcdef";
     std::string out;
     for (unsigned int i = 0; i < length; ++i) {
@@ -103,6 +128,7 @@ std::string sha256File(const std::string& path) {
     }
     return out;
 }
+}  // namespace
 
 static bool isFile(const std::string& path) {
     struct stat info {};
@@ -130,12 +156,28 @@ static GraphSpec parseGraph(const json& data) {
     return graph;
 }
 
+// latentcache/contract/manifest.py integrity_of: sha256 of the canonical JSON (sorted keys, no spaces, ASCII
+// escapes, the integrity field left out). nlohmann keeps objects sorted and prints floats shortest-first
+// like Python's repr, so both sides hash the same bytes for the values a manifest holds.
+static void checkIntegrity(const json& data, int version) {
+    const json& claimed = data.contains("integrity") ? data["integrity"] : json();
+    if (!claimed.is_string() || claimed.get<std::string>().empty())
+        throw Error("manifest version " + std::to_string(version) + " without an integrity field (written before "
+                    "latentcache checked manifests): re-export the artifacts with this latentcache version");
+    json rest = data;
+    rest.erase("integrity");
+    if (sha256Text(rest.dump(-1, ' ', true)) != claimed.get<std::string>())
+        throw Error("manifest.json was edited or damaged after export (its integrity sha256 does not match its "
+                    "contents): re-export the artifacts");
+}
+
 static Manifest parseManifest(const json& data) {
     const json& version = data.contains("version") ? data["version"] : json();
     if (!version.is_number_integer() || version.get<int>() != kManifestVersion)
         throw Error("manifest version " + (version.is_null() ? std::string("None") : version.dump()) +
                     " is not supported by this runtime (reads version " + std::to_string(kManifestVersion) +
                     "): re-export the artifacts with this latentcache version");
+    checkIntegrity(data, version.get<int>());
     Manifest m;
     for (const auto& [name, graph] : data.at("graphs").items()) m.graphs[name] = parseGraph(graph);
     const json& kv = data.at("kv");
@@ -163,6 +205,42 @@ static Manifest parseManifest(const json& data) {
     return m;
 }
 
+// latentcache/contract/manifest.py check_paths: every path stays inside the artifacts folder (symlinks
+// resolved), and every file the runtime may read there has a sha256 in `files`.
+static void checkPaths(const std::string& directory, const Manifest& manifest) {
+    namespace fs = std::filesystem;
+    const fs::path root = fs::weakly_canonical(directory);
+    std::vector<std::string> referenced = manifest.tokenizerFiles;
+    for (const auto& [name, graph] : manifest.graphs) referenced.push_back(graph.file);
+    if (manifest.chatTemplate) referenced.push_back(*manifest.chatTemplate);
+    std::vector<std::string> named = referenced;
+    for (const auto& [name, sha] : manifest.files) named.push_back(name);
+    for (const auto& name : named) {
+        const fs::path relative(name);
+        bool escapes = name.empty() || relative.is_absolute();
+        for (const auto& part : relative) escapes = escapes || part == "..";
+        if (escapes)
+            throw Error(directory + "/manifest.json: path '" + name + "' leaves the artifacts folder: re-export the "
+                        "artifacts");
+        const fs::path resolved = fs::weakly_canonical(root / relative);
+        const auto [end, unused] = std::mismatch(root.begin(), root.end(), resolved.begin(), resolved.end());
+        if (end != root.end())
+            throw Error(directory + "/" + name + " resolves outside the artifacts folder (a symlink?): re-export "
+                        "the artifacts");
+    }
+    std::set<std::string> present;
+    for (const auto& name : referenced)
+        if (fs::exists(root / name)) present.insert(name);
+    for (const auto& entry : fs::directory_iterator(root)) {
+        const std::string name = entry.path().filename().string();
+        if (entry.is_regular_file() && name[0] != '.' && name != "manifest.json") present.insert(name);
+    }
+    for (const auto& name : present)
+        if (!manifest.files.count(name))
+            throw Error(directory + "/manifest.json: no sha256 for " + name + " (its files map must cover every file "
+                        "the graphs and tokenizer read): re-export the artifacts");
+}
+
 Manifest loadManifest(const std::string& directory, bool verify) {
     const std::string path = directory + "/manifest.json";
     if (!isFile(path))
@@ -173,6 +251,7 @@ Manifest loadManifest(const std::string& directory, bool verify) {
     } catch (const json::exception& exc) {
         throw Error(path + " is malformed (" + exc.what() + "): re-export the artifacts");
     }
+    checkPaths(directory, manifest);
     if (verify) {
         for (const auto& [name, expected] : manifest.files) {
             const std::string file = directory + "/" + name;

@@ -71,10 +71,12 @@ struct Manifest {
     std::map<std::string, int64_t> namedSizes() const;
 };
 
-// Read DIR/manifest.json; with `verify`, every listed file must exist with its sha256 (load_manifest).
+// Read DIR/manifest.json (load_manifest): version, integrity field, paths confined to DIR and covered by
+// `files`; with `verify`, every listed file must exist with its sha256.
 Manifest loadManifest(const std::string& directory, bool verify = true);
 
 std::string sha256File(const std::string& path);  // lowercase hex
+std::string sha256Text(const std::string& text);  // lowercase hex
 std::string readFile(const std::string& path);
 
 }  // namespace latentcache
