@@ -208,13 +208,6 @@ class ProfileRange:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 
 
-def named_sizes(manifest: Manifest) -> dict[str, int]:
-    """The fixed named dimensions of the contract."""
-    kv = manifest.kv
-    return {"batch": kv.batch, "kv_heads": kv.num_kv_heads, "max_seq": kv.max_seq, "head_dim": kv.head_dim,
-            "hidden": manifest.hidden_size, "vocab": manifest.vocab_size}
-
-
 def dynamic_ranges(manifest: Manifest, graph: str) -> dict[str, tuple[int, int, int]]:
     """``(min, opt, max)`` of the dynamic named dims per graph.
 
@@ -247,7 +240,7 @@ def resolve_shape(spec: TensorSpec, sizes: dict[str, int], ranges: dict[str, tup
 
 def profile_shapes(manifest: Manifest, graph: str) -> dict[str, ProfileRange]:
     """Every input of ``graph``: its min/opt/max shape (static inputs have min == opt == max)."""
-    sizes, ranges = named_sizes(manifest), dynamic_ranges(manifest, graph)
+    sizes, ranges = manifest.named_sizes(), dynamic_ranges(manifest, graph)
     return {
         spec.name: ProfileRange(*(resolve_shape(spec, sizes, ranges, pick) for pick in range(3)))
         for spec in manifest.graphs[graph].inputs
@@ -255,5 +248,5 @@ def profile_shapes(manifest: Manifest, graph: str) -> dict[str, ProfileRange]:
 
 
 def max_output_shapes(manifest: Manifest, graph: str) -> dict[str, tuple[int, ...]]:
-    sizes, ranges = named_sizes(manifest), dynamic_ranges(manifest, graph)
+    sizes, ranges = manifest.named_sizes(), dynamic_ranges(manifest, graph)
     return {spec.name: resolve_shape(spec, sizes, ranges, 2) for spec in manifest.graphs[graph].outputs}

@@ -221,7 +221,7 @@ class FakeEngine:
 
     def get_tensor_shape(self, name):
         spec = next(s for s in self.tensors if s.name == name)
-        return tuple(-1 if d in ("query", "attend") else trt_support.named_sizes(self.manifest).get(d, d)
+        return tuple(-1 if d in ("query", "attend") else self.manifest.named_sizes().get(d, d)
                      for d in spec.shape)
 
     def get_aliased_input_tensor(self, name):

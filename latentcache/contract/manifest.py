@@ -154,6 +154,12 @@ class Manifest:
         data["integrity"] = integrity_of(data)
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
+    def named_sizes(self) -> dict[str, int]:
+        """The named dimensions fixed at export (``query`` and ``attend`` vary per call)."""
+        kv = self.kv
+        return {"batch": kv.batch, "kv_heads": kv.num_kv_heads, "max_seq": kv.max_seq, "head_dim": kv.head_dim,
+                "hidden": self.hidden_size, "vocab": self.vocab_size}
+
     def referenced_files(self) -> list[str]:
         """Every path the runtime opens in the artifacts folder: graphs, tokenizer files, the chat template."""
         names = [graph.file for graph in self.graphs.values()] + list(self.tokenizer_files)

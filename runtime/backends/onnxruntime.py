@@ -42,13 +42,6 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def static_sizes(manifest: contract.Manifest) -> dict[str, int]:
-    """The manifest's named dimensions that are fixed at export (the rest, query/attend, vary per call)."""
-    kv = manifest.kv
-    return {"batch": kv.batch, "kv_heads": kv.num_kv_heads, "max_seq": kv.max_seq, "head_dim": kv.head_dim,
-            "hidden": manifest.hidden_size, "vocab": manifest.vocab_size}
-
-
 def check_graph_io(file: str, spec: contract.GraphSpec, session, sizes: dict[str, int]) -> None:
     """The graph's real inputs and outputs (order, names, element types, static dims) against the manifest.
 
@@ -138,7 +131,7 @@ class OnnxRuntimeBackend(Backend):
         if not path.is_file():
             raise contract.ManifestError(f"{path} is missing: re-export the artifacts")
         session = self.ort.InferenceSession(str(path), options, providers=[self.provider])
-        check_graph_io(path.name, spec, session, static_sizes(self.manifest))
+        check_graph_io(path.name, spec, session, self.manifest.named_sizes())
         return session
 
     def _bind_static(self, graph: str, current: int):

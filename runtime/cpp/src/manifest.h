@@ -1,4 +1,4 @@
-// The graph I/O contract, read from manifest.json exactly as runtime/manifest.py reads it: tensors by
+// The graph I/O contract, read from manifest.json exactly as latentcache/contract/manifest.py reads it: tensors by
 // role (never by spelled-out name), the kv-cache layout, the version check and the file hashes.
 #pragma once
 
@@ -12,9 +12,9 @@
 
 namespace latentcache {
 
-constexpr int kManifestVersion = 1;  // runtime/manifest.py MANIFEST_VERSION
+constexpr int kManifestVersion = 1;  // latentcache/contract/manifest.py MANIFEST_VERSION
 
-// The contract's roles (runtime/manifest.py); per-layer cache roles carry the layer in TensorSpec::layer.
+// The contract's roles (latentcache/contract/manifest.py); per-layer cache roles carry the layer in TensorSpec::layer.
 namespace role {
 inline const std::string inputIds = "input_ids", inputsEmbeds = "inputs_embeds", embedsMask = "embeds_mask";
 inline const std::string positionIds = "position_ids", writeIndex = "write_index", attentionMask = "attention_mask";
@@ -67,7 +67,7 @@ struct Manifest {
 
     bool hasGraph(const std::string& name) const { return graphs.count(name) > 0; }
     const GraphSpec& graph(const std::string& name) const;
-    // The fixed named dimensions of the contract (runtime/backends/tensorrt_support.py named_sizes).
+    // The fixed named dimensions of the contract (latentcache/contract/manifest.py Manifest.named_sizes).
     std::map<std::string, int64_t> namedSizes() const;
 };
 

@@ -102,7 +102,7 @@ struct Range {
     std::vector<int64_t> min, max;
 };
 
-// runtime/backends/tensorrt_support.py dynamic_ranges: decode static (attend = max_seq, for CUDA graphs),
+// latentcache/tensorrt_support.py dynamic_ranges: decode static (attend = max_seq, for CUDA graphs),
 // the others [1, max_seq].
 std::map<std::string, Range> profileShapes(const Manifest& manifest, const std::string& graph, bool outputs = false) {
     const int64_t top = manifest.kv.maxSeq;
