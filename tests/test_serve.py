@@ -427,7 +427,11 @@ def test_policy_override_and_multi_message_chat(server, reference):
     extra = httpx.post(f"{server.url}{CHAT}", json=body).json()["latentcache"]
     assert extra["policy"] == "every-n" and extra["augmented_at"] == [0]  # every 32 tokens: once in 20
     asynchronous = httpx.post(f"{server.url}{CHAT}", json={**body, "policy": "async"}).json()
-    assert asynchronous["latentcache"]["policy"] == "async" and len(asynchronous["latentcache"]["augmented_at"]) == 1
+    # Async absorbs the latents when the coprocessor is done; on a loaded machine the 20 tokens may all come
+    # first (then nothing is absorbed). tests/test_runtime.py pins the absorption itself down.
+    absorbed = asynchronous["latentcache"]["augmented_at"]
+    assert asynchronous["latentcache"]["policy"] == "async" and len(absorbed) <= 1
+    assert asynchronous["latentcache"]["latents"] == NUM_LATENTS * len(absorbed)
     # No chat template in these artifacts: the conversation's texts, one per line.
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "abc"}]
     answer = httpx.post(f"{server.url}{CHAT}", json={"messages": messages, "max_tokens": 12}).json()
