@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from latentcache.runtime.generator import RequestStats
-from latentcache.runtime.pipeline import Pipeline
 
 from latentcache.contract.files import write_atomically
 from latentcache.errors import LatentcacheError
+from latentcache.runtime.generator import RequestStats
+from latentcache.runtime.pipeline import Pipeline
 
 PASSAGE = (
     "The river ran high that spring, and the mill at the bend of the valley worked day and night. "

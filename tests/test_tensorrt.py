@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from latentcache import cuda as cuda_support
+from latentcache import tensorrt_support as trt_support
+from latentcache.arrays import from_bfloat16_bits, to_bfloat16_bits
 from latentcache.contract import manifest as contract
 from latentcache.errors import BackendUnavailable
-from latentcache import cuda as cuda_support
 from latentcache.runtime.backends import tensorrt as trt_backend
-from latentcache import tensorrt_support as trt_support
 from latentcache.runtime.backends.tensorrt import TensorRTBackend, cache_bindings
-from latentcache.arrays import from_bfloat16_bits, to_bfloat16_bits
 from latentcache.tensorrt_support import (
     EngineMetadata,
     EngineMismatch,
@@ -529,8 +529,8 @@ def test_missing_cuda_python_names_the_package(monkeypatch):
 
 def make_checkpoint(base: Path, out: Path) -> Path:
     """An untrained coprocessor checkpoint (a trained one exports the same graphs)."""
-    from latentcache.model import load_decoder
     from latentcache.model import checkpoint as ckpt
+    from latentcache.model import load_decoder
     from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
 
     coprocessor = Coprocessor(load_decoder(base), CoprocessorConfig(num_latents=N_LATENTS), seed=0)

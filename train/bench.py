@@ -17,16 +17,16 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from latentcache.train.objective import (
-    augmented_predictions,
-    base_cache_for,
-    predict_groups,
-)
 
 from latentcache.contract.files import write_atomically
 from latentcache.model import load_decoder
 from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
 from latentcache.model.layout import sample_points
+from latentcache.train.objective import (
+    augmented_predictions,
+    base_cache_for,
+    predict_groups,
+)
 
 
 def loop_loss(base, coprocessor, tokens, points, ahead):

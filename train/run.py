@@ -5,9 +5,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from latentcache.train.config import EvalConfig, TrainConfig
-
 from latentcache.contract.files import folder_lock, write_atomically
+from latentcache.train.config import EvalConfig, TrainConfig
 
 
 def prepare_training_data(config: TrainConfig, eos_id: int | None):
@@ -27,6 +26,7 @@ def prepare_training_data(config: TrainConfig, eos_id: int | None):
 def run_training(config: TrainConfig, resume: bool) -> Path:
     """Train (or resume) a coprocessor; returns the checkpoint directory. Under torchrun, rank 0 tokenizes
     the corpus first and the other ranks then read its cache."""
+    from latentcache.model.loading import read_model_config
     from latentcache.train.trainer import (
         CHECKPOINT_DIR,
         Distributed,
@@ -34,8 +34,6 @@ def run_training(config: TrainConfig, resume: bool) -> Path:
         check_against_base,
         resolve_device,
     )
-
-    from latentcache.model.loading import read_model_config
 
     model_config = read_model_config(config.base)
     check_against_base(config, model_config)  # before minutes of tokenizing
@@ -119,7 +117,12 @@ def _perplexity_tables(config: EvalConfig, decoder, runs: dict, report: dict) ->
     import torch
 
     from latentcache.train.data import leading_batches
-    from latentcache.train.evaluate import PerplexityConfig, evaluate_perplexity, markdown_table, plot_relative_change
+    from latentcache.train.evaluate import (
+        PerplexityConfig,
+        evaluate_perplexity,
+        markdown_table,
+        plot_relative_change,
+    )
 
     eos_id = _eos_id(decoder.config)
     markdown = []

@@ -25,6 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from latentcache.contract.files import write_atomically
+from latentcache.errors import CheckpointError, LatentcacheError
+from latentcache.model import ModelConfig, load_decoder
+from latentcache.model import checkpoint as ckpt
+from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
+from latentcache.model.layout import sample_points
 from latentcache.train.config import ConfigError, TrainConfig
 from latentcache.train.data import sequence_order, stack_rows
 from latentcache.train.objective import (
@@ -33,13 +40,6 @@ from latentcache.train.objective import (
     check_positions,
     document_ids,
 )
-
-from latentcache.contract.files import write_atomically
-from latentcache.errors import CheckpointError, LatentcacheError
-from latentcache.model import ModelConfig, load_decoder
-from latentcache.model import checkpoint as ckpt
-from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
-from latentcache.model.layout import sample_points
 
 CHECKPOINT_DIR, METRICS_FILE = "checkpoint", "metrics.jsonl"
 VALIDATION_STREAM = 10**9  # seeds the validation points; beyond any micro-batch counter

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from latentcache.arrays import HOST_DTYPES, from_host, to_host
 from latentcache.contract import manifest as contract
 from latentcache.contract.files import sha256_of, write_atomically
+from latentcache.contract.manifest import GraphSpec, Manifest, TensorSpec
+from latentcache.cuda import CudaRuntime
 from latentcache.errors import BackendUnavailable, LatentcacheError
 from latentcache.runtime.backend import Backend
-from latentcache.cuda import CudaRuntime
 from latentcache.runtime.backends.cuda import DeviceCache
-from latentcache.arrays import HOST_DTYPES, from_host, to_host
 from latentcache.tensorrt_support import (
     DTYPE_NAMES,
     FLAVOURS,
@@ -40,8 +41,6 @@ from latentcache.tensorrt_support import (
     metadata_path,
     profile_shapes,
 )
-from latentcache.contract.manifest import GraphSpec, Manifest, TensorSpec
-
 
 # --- one graph ------------------------------------------------------------------------------------------
 

@@ -18,13 +18,13 @@ if TYPE_CHECKING:
 
 from latentcache.train.data.config import (
     JSONL_SUFFIX,
+    MAX_DOCUMENT_BYTES,
     SPLITS,
     TAR_SUFFIXES,
     TEXT_SUFFIXES,
     ByteCounter,
     CorpusConfig,
     Document,
-    MAX_DOCUMENT_BYTES,
     PathLike,
     _require_exists,
     require_size,
