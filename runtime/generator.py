@@ -15,7 +15,6 @@ latent ``i`` takes position ``p + 1 + i`` and the next cache slot; decoding then
 from __future__ import annotations
 
 import math
-
 import threading
 import time
 from collections.abc import Iterator
@@ -243,6 +242,8 @@ class Async(Policy):
     buffers, so the two never touch the same memory.
     """
 
+    thread: threading.Thread | None = None  # the running coprocessor; None before start and after finish
+
     def start(self, generator):
         self.latents, self.error = None, None
         feeds = generator.coprocessor_feeds()
@@ -267,8 +268,6 @@ class Async(Policy):
         stats.augment_s.append(time.perf_counter() - tick)
         stats.augmented_at.append(step)
         return logits
-
-    thread: threading.Thread | None = None
 
     def finish(self, generator):
         if self.thread is not None:
