@@ -18,32 +18,42 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from latentcache import paths
+from latentcache.catalog import MMLU_HEADER, locate
 from latentcache.errors import LatentcacheError
-from latentcache.paths import shared_dir
 
 Encode = Callable[[str], list[int]]
 Decode = Callable[[Sequence[int]], str]
 
 TASKS = ("arc-easy", "arc-challenge", "mmlu", "gsm8k")
-MMLU_HEADER = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
 LETTERS = "ABCDEFGHIJ"
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 # ---- where the data lives ---------------------------------------------------------------------------------
 def data_root(root: str | Path | None = None) -> Path:
-    """The folder holding ``arc/``, ``mmlu/`` and ``gsm8k/``: ``root`` if given, else ``shared_dir()/data``."""
-    return Path(root) if root is not None else shared_dir() / "data"
+    """The folder holding ``arc/``, ``mmlu/`` and ``gsm8k/``: ``root`` if given, else ``paths.data_root()``."""
+    return paths.data_root(root)
 
 
-def _require_file(path: Path) -> Path:
-    if not path.is_file():
-        raise LatentcacheError(f"{path}: no such file; pass the data root or set LATENTCACHE_SHARED")
-    return path
+def task_files(config: BenchmarkConfig) -> tuple[str, ...]:
+    """The data-root paths the tasks of ``config`` read (see ``run_benchmarks``), in task order."""
+    needed = {"arc-easy": (f"arc/ARC-Easy-{config.arc_split}.jsonl",),
+              "arc-challenge": (f"arc/ARC-Challenge-{config.arc_split}.jsonl",),
+              "mmlu": ("mmlu/dev", "mmlu/test"),
+              "gsm8k": ("gsm8k/test.jsonl", "gsm8k/train.jsonl")}
+    return tuple(path for task in config.tasks for path in needed[task])
+
+
+def require_task_data(config: BenchmarkConfig, root: str | Path | None = None) -> None:
+    """Fail with one line if any file of ``config.tasks`` is missing (or load it, with the Hub loader on),
+    before a model is loaded or a first task has run."""
+    for relative in task_files(config):
+        locate(relative, root)
 
 
 def _jsonl(path: Path) -> Iterable[tuple[int, dict]]:
-    with _require_file(path).open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if line.strip():
                 try:
@@ -79,7 +89,7 @@ class MathItem:
 
 def read_arc(root: str | Path | None = None, subset: str = "Easy", split: str = "Test") -> list[ChoiceItem]:
     """``arc/ARC-{subset}-{split}.jsonl``; labels are usually A-D, a few items use 1-4 or 3/5 choices."""
-    path = data_root(root) / "arc" / f"ARC-{subset}-{split}.jsonl"
+    path = locate(f"arc/ARC-{subset}-{split}.jsonl", root)
     items = []
     for number, row in _jsonl(path):
         try:
@@ -94,10 +104,10 @@ def read_arc(root: str | Path | None = None, subset: str = "Easy", split: str = 
 
 def read_mmlu(root: str | Path | None = None, split: str = "test") -> list[ChoiceItem]:
     """``mmlu/{split}/<subject>_{split}.csv`` (header row, answer = index 0-3), subjects in file-name order."""
-    folder = data_root(root) / "mmlu" / split
+    folder = locate(f"mmlu/{split}", root)
     files = sorted(folder.glob(f"*_{split}.csv"))
     if not files:
-        raise LatentcacheError(f"{folder}: no *_{split}.csv files; pass the data root or set LATENTCACHE_SHARED")
+        raise LatentcacheError(f"{folder}: no *_{split}.csv files; the MMLU folder of this data root is incomplete")
     return [item for path in files for item in _read_mmlu_file(path, path.stem[: -len(f"_{split}")])]
 
 
@@ -117,7 +127,7 @@ def _read_mmlu_file(path: Path, subject: str) -> list[ChoiceItem]:
 
 def read_gsm8k(root: str | Path | None = None, split: str = "test") -> list[MathItem]:
     """``gsm8k/{split}.jsonl``: the final answer follows ``####`` in the solution."""
-    path = data_root(root) / "gsm8k" / f"{split}.jsonl"
+    path = locate(f"gsm8k/{split}.jsonl", root)
     items = []
     for number, row in _jsonl(path):
         solution = row.get("answer", "")

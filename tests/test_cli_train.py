@@ -8,6 +8,7 @@ evaluation run in about a second per command.
 
 import json
 import random
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 
 from latentcache.cli import main
 from tests.test_bad_input import assert_one_line_error
+from tests.test_evaluate import write_fake_data
 from tests.tiny import COMMON, build_tiny
 
 SPECIALS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2: LlamaConfig's bos 1 and eos 2
@@ -133,12 +135,14 @@ def test_train_writes_checkpoint_and_metrics_and_resume_continues_exactly(worksp
     assert max((weights[k] - reference[k]).abs().max().item() for k in reference) <= 1e-6
 
 
-def test_eval_writes_the_table_json(workspace, trained, tmp_path):
+def test_eval_writes_the_table_json(workspace, trained, tmp_path, monkeypatch):
+    # The benchmarks read a tiny data root in the real ARC/MMLU/GSM8K formats, not ../shared.
+    monkeypatch.setenv("LATENTCACHE_DATA", str(write_fake_data(tmp_path / "data")))
     eval_text = write_corpus(tmp_path / "heldout", documents=1, words=100, seed=9) / "doc0.txt"
     out = tmp_path / "eval" / "table.json"
     result = run_cli("eval", "--base", workspace / "base", "--coprocessor", trained / "checkpoint", "--data", eval_text,
                      "--json", out, "--seq-len", 40, "--sequences", 2, "--points", 2, "--tasks", "arc-easy",
-                     "--limit", 2)
+                     "--tasks", "mmlu", "--limit", 2)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert set(report) == {"perplexity", "benchmarks"}
@@ -156,12 +160,42 @@ def test_eval_writes_the_table_json(workspace, trained, tmp_path):
             assert row["ci95_low_pct"] <= row["relative_change_pct"] <= row["ci95_high_pct"]
             assert row["targets"] == 2 * 2 and row["baseline_ppl"] == baseline["baseline_ppl"] > 1
     assert all(row["relative_change_pct"] == 0 for row in runs["no-augmentation"]["rows"])
-    arc = report["benchmarks"]["run"]["arc-easy"]
+    arc, mmlu = report["benchmarks"]["run"]["arc-easy"], report["benchmarks"]["run"]["mmlu"]
     assert arc["n"] == 2 and arc["num_latents"] == 2 and set(arc["baseline"]) == set(arc["augmented"])
+    assert mmlu["n"] == 2 and mmlu["shots"] == 5 and set(mmlu["baseline"]) == set(mmlu["augmented"])
     markdown = out.with_suffix(".md").read_text()
     assert "### doc0.txt" in markdown and "| Position | Baseline ppl | no-augmentation | run |" in markdown
     assert markdown in result.stdout
     assert (out.parent / "table-doc0.txt.png").stat().st_size > 1000
+
+
+# ---- missing data: one line naming it and how to get it, before the base is loaded ------------------------
+def test_eval_without_its_benchmark_data_fails_before_loading_the_base(workspace, trained, tmp_path, monkeypatch):
+    root = write_fake_data(tmp_path / "data")
+    shutil.rmtree(root / "mmlu" / "dev")  # ARC is there, MMLU's few-shot split is not
+    monkeypatch.setenv("LATENTCACHE_DATA", str(root))
+
+    def load_decoder(*args, **kwargs):
+        raise AssertionError("the base was loaded before the data was checked")
+
+    monkeypatch.setattr("latentcache.model.load_decoder", load_decoder)
+    eval_text = write_corpus(tmp_path / "heldout", documents=1, words=100) / "doc0.txt"
+    result = run_cli("eval", "--base", workspace / "base", "--coprocessor", trained / "checkpoint", "--data", eval_text,
+                     "--json", tmp_path / "eval.json", "--tasks", "arc-easy", "--tasks", "mmlu")
+    assert_one_line_error(result.exit_code, result.output, "MMLU is missing",
+                          str(root / "mmlu" / "dev"), "$LATENTCACHE_DATA", "--data-root",
+                          "pip install 'latentcache[data]'", "LATENTCACHE_DATA_HUB=1", "cais/mmlu")
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_train_on_the_default_corpus_without_it_names_what_is_missing(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTCACHE_DATA", str(tmp_path / "empty"))
+    result = run_cli("train", "--config", workspace / "train.yaml", "--base", workspace / "base",
+                     "--out", tmp_path / "run", *TRAIN, "--max-steps", 1)
+    assert_one_line_error(result.exit_code, result.output, "Gutenberg fiction",
+                          str(tmp_path / "empty" / "gutenberg-fiction" / "british-novels.tar.xz"),
+                          "no Hugging Face Hub copy", "--data")
+    assert not (tmp_path / "run").exists()
 
 
 # ---- bad input: one line naming the problem and the fix, exit 1, the existing run untouched -------------
@@ -173,8 +207,8 @@ def bad_text(tmp_path, name, payload):
 @pytest.mark.parametrize("case, fragments", [
     ("empty corpus", ["empty.txt", "none of the 1 documents", "1 are blank", "add text"]),
     ("non-UTF-8 corpus", ["latin1.txt", "not UTF-8 text", "convert it to UTF-8"]),
-    ("text shorter than one sequence", ["tiny.txt", "train split has 5 tokens (1 of 1 documents), fewer than one "
-                                        "sequence of seq_len=24", "add text"]),
+    ("text shorter than one sequence", ["tiny.txt", ("train split has 5 tokens (1 of 1 documents), fewer than one "
+                                        "sequence of seq_len=24"), "add text"]),
     ("ahead fills the sequence", ["ahead 24 leaves no context in a sequence of 24",
                                   "lower --ahead or raise --seq-len"]),
     ("latents beyond the base's positions", ["200 tokens plus 60 latents need positions up to 258", "256",

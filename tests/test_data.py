@@ -1,7 +1,8 @@
 """The training-data pipeline: sources → documents → split → tokens → packed, cached memmaps.
 
 A tiny WordLevel tokenizer is trained in the test (no downloads); the Gutenberg checks use the shared corpus
-and the SmolLM2 tokenizer when ../shared is present and skip otherwise.
+and the SmolLM2 tokenizer under the data root ($LATENTCACHE_DATA, else ../shared/data) and skip, naming what is
+missing, otherwise.
 """
 
 import io
@@ -14,10 +15,12 @@ import numpy as np
 import pytest
 
 from latentcache.errors import DataError
-from latentcache.paths import shared_dir
+from latentcache.paths import data_root
 from latentcache.train import data
+from latentcache.train.data import defaults
 
-WORDS = "the a cat dog bird sat ran flew on over under mat hill tree red blue green big small quick slow".split()
+WORDS = ["the", "a", "cat", "dog", "bird", "sat", "ran", "flew", "on", "over", "under", "mat", "hill", "tree", "red",
+         "blue", "green", "big", "small", "quick", "slow"]
 
 
 def make_tokenizer(directory, eos_token="<eos>", with_config=True):
@@ -449,23 +452,40 @@ def test_config_validation(tmp_path, tok, kwargs, fragment):
 # ---------------------------------------------------------------------------------------------------------
 # The shared corpora
 
-SMOLLM2 = shared_dir() / "data" / "smollm2-135m-instruct" / "tokenizer.json"
-needs_shared = pytest.mark.skipif(
-    not (shared_dir() / data.GUTENBERG_DIR).is_dir() or not SMOLLM2.is_file(),
-    reason="the shared data folder (../shared or $LATENTCACHE_SHARED) is not here",
-)
+SMOLLM2 = data_root() / "smollm2-135m-instruct" / "tokenizer.json"
+needs_shared = pytest.mark.needs_data("gutenberg-fiction", "smollm2-135m-instruct/tokenizer.json")
 AUSTEN = ("emma", "pride", "sense")
 
 
-def test_shared_folder_override(tmp_path, monkeypatch):
-    monkeypatch.setenv("LATENTCACHE_SHARED", str(tmp_path))
-    assert shared_dir() == tmp_path
+def test_default_corpora_follow_the_data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTCACHE_DATA", str(tmp_path))
     with pytest.raises(DataError) as excinfo:
         data.default_gutenberg_sources()
-    one_line_error(excinfo, tmp_path / "data" / "gutenberg-fiction" / "british-novels.tar.xz", "LATENTCACHE_SHARED")
+    one_line_error(excinfo, "Gutenberg fiction", tmp_path / "gutenberg-fiction" / "british-novels.tar.xz",
+                   "LATENTCACHE_DATA", "--data-root", "no Hugging Face Hub copy")
     with pytest.raises(DataError) as excinfo:
         data.wikitext_test_path()
-    one_line_error(excinfo, tmp_path / "data" / "wikitext-2" / "raw" / "wiki.test.raw")
+    one_line_error(excinfo, "WikiText-2", tmp_path / "wikitext-2" / "raw" / "wiki.test.raw", "LATENTCACHE_DATA_HUB=1",
+                   "latentcache[data]", "Salesforce/wikitext")
+    monkeypatch.delenv("LATENTCACHE_DATA")
+    monkeypatch.setenv("LATENTCACHE_SHARED", str(tmp_path))  # the older variable: the folder above data/
+    with pytest.raises(DataError) as excinfo:
+        data.default_gutenberg_sources()
+    one_line_error(excinfo, tmp_path / "data" / "gutenberg-fiction" / "british-novels.tar.xz", "$LATENTCACHE_SHARED")
+
+
+def test_default_corpora_are_read_from_a_data_root_laid_out_like_shared(tmp_path):
+    corpus = tmp_path / "gutenberg-fiction"
+    corpus.mkdir()
+    for name in data.GUTENBERG_ARCHIVES:
+        (corpus / name).write_bytes(b"")
+    (corpus / "MANIFEST.tsv").write_text("collection_archive\tpath_in_archive\tbytes\tgit_blob_sha1\n")
+    (tmp_path / "wikitext-2" / "raw").mkdir(parents=True)
+    (tmp_path / "wikitext-2" / "raw" / "wiki.test.raw").write_text(" = A = \n")
+    sources = data.default_gutenberg_sources(tmp_path)
+    assert sources.paths == tuple(corpus / name for name in data.GUTENBERG_ARCHIVES)
+    assert sources.exclude == defaults.GUTENBERG_CONTAINED and sources.holdout == defaults.GUTENBERG_HOLDOUT
+    assert data.wikitext_test_path(tmp_path) == tmp_path / "wikitext-2" / "raw" / "wiki.test.raw"
 
 
 def test_duplicates_are_found_by_author_and_title(tmp_path):

@@ -21,14 +21,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from latentcache.errors import LatentcacheError
 from latentcache.runtime import Pipeline
 from latentcache.runtime.bench import environment
-from latentcache.tasks import arc_choice, arc_question, extract_answer, read_arc, read_gsm8k
+from latentcache.tasks import (
+    arc_choice,
+    arc_question,
+    extract_answer,
+    read_arc,
+    read_gsm8k,
+)
 
 HERE = Path(__file__).resolve().parent
 THINK = "Let's think step by step."
@@ -41,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--artifacts", type=Path, help="artifacts with a coprocessor (default: the embedded default)")
     parser.add_argument("--backend", default="onnxruntime-cpu")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: cores, at most 8)")
-    parser.add_argument("--data", type=Path, help="folder holding arc/ and gsm8k/ (default: the shared data folder)")
+    parser.add_argument("--data", type=Path, help="data root holding arc/ and gsm8k/ "
+                        "(default: $LATENTCACHE_DATA, else ../shared/data)")
     parser.add_argument("--arc", type=int, default=20, help="ARC-Easy test items (the first N)")
     parser.add_argument("--gsm8k", type=int, default=10, help="GSM8K test items (the first N)")
     parser.add_argument("--thinking", type=int, nargs="+", default=[16, 32, 64], help="chain-of-thought budgets N")
@@ -143,14 +152,15 @@ def latency(runner: Runner, question: str, thinking: list[int], repetitions: int
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    # The data first: a missing file fails in one line before the default artifacts are exported (minutes).
+    arc = read_arc(args.data, "Easy", "Test")[: args.arc]
+    gsm8k = read_gsm8k(args.data, "test")[: args.gsm8k]
     from latentcache.demo import ensure_artifacts
 
     artifacts = (args.artifacts or ensure_artifacts(print)).resolve()
     pipeline = Pipeline(artifacts, args.backend, args.threads)
     runner = Runner(pipeline)
     conditions = ["direct", "latents", *(f"cot-{n}" for n in args.thinking)]
-    arc = read_arc(args.data, "Easy", "Test")[: args.arc]
-    gsm8k = read_gsm8k(args.data, "test")[: args.gsm8k]
 
     sample = arc_question(arc[0]) if arc else gsm8k[0].question  # the latency comparison's prompt
     timing = latency(runner, sample, args.thinking, args.repetitions)
@@ -201,8 +211,8 @@ def summary(records: list[dict]) -> dict:
 def tables(report: dict) -> str:
     t = report["latency"]
     lines = [f"| deliberation ({t['prompt_tokens']}-token prompt) | time | relative to latents |", "|---|---|---|",
-             f"| {t['num_latents']} latents (coprocessor {t['coprocessor_ms']:.1f} + absorb {t['absorb_ms']:.1f} ms) "
-             f"| {t['latents_ms']:.1f} ms | 1.0× |"]
+             (f"| {t['num_latents']} latents (coprocessor {t['coprocessor_ms']:.1f} + absorb {t['absorb_ms']:.1f} ms) "
+             f"| {t['latents_ms']:.1f} ms | 1.0× |")]
     lines += [f"| {n} thinking tokens | {ms:.1f} ms | {t['cot_over_latents'][n]:.1f}× |"
               for n, ms in t["thinking_ms"].items()]
     lines += ["", "| task | n | condition | accuracy | answered | thinking tokens | deliberation | total |",
@@ -262,4 +272,7 @@ def plot(report: dict, png: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LatentcacheError as exc:  # missing data or bad input: the one line the CLI would print, no traceback
+        sys.exit(f"error: {exc}")

@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
+from latentcache.errors import LatentcacheError
 from latentcache.runtime import Pipeline, RequestStats
 from latentcache.runtime.bench import environment, prompt_ids, summarize
 from latentcache.tasks import arc_choice, arc_question, read_arc
@@ -42,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--artifacts", type=Path, help="artifacts with a coprocessor (default: the embedded default)")
     parser.add_argument("--backend", default="onnxruntime-cpu")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: cores, at most 8)")
-    parser.add_argument("--data", type=Path, help="folder holding arc/ (default: the shared data folder)")
+    parser.add_argument("--data", type=Path, help="data root holding arc/ (default: $LATENTCACHE_DATA, else ../shared/data)")
     parser.add_argument("--prompt-tokens", type=int, default=256, help="latency prompt length")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens decoded per latency request")
     parser.add_argument("--repetitions", type=int, default=3, help="timed latency requests (plus one warm-up)")
@@ -81,6 +83,8 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    # The data first: a missing file fails in one line before the default artifacts are exported (minutes).
+    items = read_arc(args.data, "Easy", "Test")[: args.arc]
     from latentcache.demo import ensure_artifacts
 
     artifacts = (args.artifacts or ensure_artifacts(print)).resolve()
@@ -105,7 +109,6 @@ def main(argv=None) -> dict:
               f"{latency[policy]['augmented_at']} tokens", flush=True)
 
     # Quality 1: ARC-Easy choices ("The answer is" closes the prompt; the latents follow it).
-    items = read_arc(args.data, "Easy", "Test")[: args.arc]
     answer_ids = tokenizer.fast.encode(ANSWER, add_special_tokens=False).ids
     arc = {p: [] for p in POLICIES}
     for item in items:
@@ -157,9 +160,9 @@ def main(argv=None) -> dict:
 
 def table(report: dict) -> str:
     q = report["quality"]
-    lines = ["| policy | first token | coprocessor + absorb | absorbed after (median) | decode per token | "
+    lines = [("| policy | first token | coprocessor + absorb | absorbed after (median) | decode per token | "
              "end to end | "
-             f"ARC-Easy accuracy (n={q['arc-easy']['n']}) | ARC = sync | open answers = sync (n={q['open']['n']}) |",
+             f"ARC-Easy accuracy (n={q['arc-easy']['n']}) | ARC = sync | open answers = sync (n={q['open']['n']}) |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for policy, t in report["latency"].items():
         cost = f"{t['coprocessor_absorb_ms']:.1f} ms" if t["coprocessor_absorb_ms"] is not None else "–"
@@ -220,4 +223,7 @@ def plot(report: dict, png: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LatentcacheError as exc:  # missing data or bad input: the one line the CLI would print, no traceback
+        sys.exit(f"error: {exc}")

@@ -2,7 +2,8 @@
 
 One module per concern: ``config`` (settings and the split rule), ``sources`` (documents), ``tokenize``,
 ``cache`` (fingerprint, build, publish), ``dataset`` (the packed dataset and batch orders), ``corpus`` (the
-entry points) and ``defaults`` (the shared Gutenberg/WikiText corpora); this package re-exports their API.
+entry points) and ``defaults`` (the default Gutenberg/WikiText corpora, found under the data root through
+``latentcache.catalog``); this package re-exports their API.
 
 Sources (plain files, directories, tar archives read as streams, JSONL corpora) yield documents with stable
 ids. Each document goes to one split by a sha256 of its id, or by explicit ``holdout``/``exclude`` id
@@ -53,14 +54,14 @@ from latentcache.train.data.sources import iter_documents, plan_split
 from latentcache.train.data.tokenize import load_tokenizer, token_dtype
 
 __all__ = [
-    "CorpusConfig",
     "DATA_FORMAT_VERSION",
-    "Document",
     "GUTENBERG_ARCHIVES",
     "GUTENBERG_DIR",
     "META_FILE",
-    "PackedDataset",
     "SPLITS",
+    "CorpusConfig",
+    "Document",
+    "PackedDataset",
     "SourceSet",
     "corpus_fingerprint",
     "default_gutenberg_sources",

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from latentcache.catalog import locate
 from latentcache.errors import DataError
-from latentcache.paths import shared_dir
-
-if TYPE_CHECKING:
-    pass
-
 from latentcache.train.data.config import PathLike
 
-GUTENBERG_DIR = Path("data") / "gutenberg-fiction"
+GUTENBERG_DIR = Path("gutenberg-fiction")  # under the data root (latentcache.paths.data_root)
 GUTENBERG_ARCHIVES = ("british-novels.tar.xz", "haggard.tar.xz", "gutenberg.tar.xz")
 # Whole books held out for validation, from all three archives (~3.2 MB of ~68 MB raw, about 5%):
 # NLTK's own test selection (Chesterton's Father Brown, Milton's Poetical Works, Macbeth), one Austen, one
@@ -41,10 +36,11 @@ class SourceSet:
     exclude: tuple[str, ...] = ()
 
     def as_kwargs(self) -> dict:
-        return dict(sources=self.paths, val_fraction=self.val_fraction, holdout=self.holdout, exclude=self.exclude)
+        return {"sources": self.paths, "val_fraction": self.val_fraction, "holdout": self.holdout,
+                "exclude": self.exclude}
 
 
-def default_gutenberg_sources(shared: PathLike | None = None) -> SourceSet:
+def default_gutenberg_sources(root: PathLike | None = None) -> SourceSet:
     """The three Gutenberg archives with a split that keeps every text on one side only.
 
     Duplicates: the Austen novels are in british-novels (``Austen_Emma.txt``) and in the NLTK selection
@@ -53,13 +49,12 @@ def default_gutenberg_sources(shared: PathLike | None = None) -> SourceSet:
     Pride and Prejudice is then held out, Emma and Sense and Sensibility train. Validation is the whole books of
     ``GUTENBERG_HOLDOUT`` and nothing else (``val_fraction=0``): a random hash split could put one of Whitman's
     overlapping selections on each side.
+
+    ``root`` is the data root (default: ``latentcache.paths.data_root()``); a missing archive fails here, in
+    one line, before any tokenizing.
     """
-    corpus = Path(shared if shared is not None else shared_dir()) / GUTENBERG_DIR
-    paths = tuple(corpus / name for name in GUTENBERG_ARCHIVES)
-    for path in paths:
-        if not path.is_file():
-            raise DataError(f"{path}: missing; set LATENTCACHE_SHARED to the folder that holds {GUTENBERG_DIR}")
-    exclude = gutenberg_duplicates(corpus / "MANIFEST.tsv") + GUTENBERG_CONTAINED
+    paths = tuple(locate(f"{GUTENBERG_DIR.as_posix()}/{name}", root) for name in GUTENBERG_ARCHIVES)
+    exclude = gutenberg_duplicates(locate(f"{GUTENBERG_DIR.as_posix()}/MANIFEST.tsv", root)) + GUTENBERG_CONTAINED
     return SourceSet(paths, 0.0, GUTENBERG_HOLDOUT, exclude)
 
 
@@ -86,9 +81,7 @@ def _author_title(member: str, separator: str) -> tuple[str, str]:
     return author, title
 
 
-def wikitext_test_path(shared: PathLike | None = None) -> Path:
-    """WikiText-2-raw test (``wiki.test.raw``), a second validation set: pass it to ``load_eval_text``."""
-    path = Path(shared if shared is not None else shared_dir()) / "data" / "wikitext-2" / "raw" / "wiki.test.raw"
-    if not path.is_file():
-        raise DataError(f"{path}: missing; set LATENTCACHE_SHARED to the folder that holds data/wikitext-2")
-    return path
+def wikitext_test_path(root: PathLike | None = None) -> Path:
+    """WikiText-2-raw test (``wiki.test.raw``) under the data root ``root``, a second validation set: pass it to
+    ``load_eval_text``. With the Hub loader on, a missing file comes from ``Salesforce/wikitext``."""
+    return locate("wikitext-2/raw/wiki.test.raw", root)
