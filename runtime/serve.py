@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import math
 import os
 import sys
 import time
@@ -29,11 +28,21 @@ from pathlib import Path
 
 from latentcache.errors import LatentcacheError
 from latentcache.runtime import Pipeline
-from latentcache.runtime.serve_protocol import (ApiError, GenerationRequest, Outcome, chunk_object,
-                                                completion_object, invalid, parse_chat, parse_completion,
-                                                parse_json_body, sse, usage)
 from latentcache.runtime.backends import BACKENDS
-from latentcache.runtime.generator import POLICIES
+from latentcache.runtime.generator import POLICIES, Capacity, Policy
+from latentcache.runtime.serve_protocol import (
+    ApiError,
+    GenerationRequest,
+    Outcome,
+    chunk_object,
+    completion_object,
+    invalid,
+    parse_chat,
+    parse_completion,
+    parse_json_body,
+    sse,
+    usage,
+)
 from latentcache.runtime.serve_worker import EVERY, Event, Failed, Job, Piece, Worker
 
 try:  # the [serve] extra; without it only ServeConfig is usable, and serve()/create_app() say what to install
@@ -121,7 +130,7 @@ def encode_messages(pipeline: Pipeline, messages: tuple[dict, ...]) -> list[int]
         return pipeline.tokenizer.encode_messages(list(messages))
     except LatentcacheError as exc:
         raise invalid("messages", str(exc)) from None
-    except Exception as exc:  # a jinja error inside the model's own template, caused by these messages
+    except Exception as exc:  # noqa: BLE001 - a jinja error inside the model's own template, caused by these messages
         raise invalid("messages", f"the chat template rejects these messages: {exc}") from None
 
 
@@ -133,44 +142,20 @@ def encode_request(pipeline: Pipeline, request: GenerationRequest) -> list[int]:
     return pipeline.tokenizer.encode(request.prompt, chat=False)
 
 
-@dataclass(frozen=True)
-class Capacity:
-    """The kv-cache budget of one request: prompt + absorbed latents + generated tokens <= slots."""
-
-    slots: int
-    num_latents: int
-
-    def latents(self, policy: str, coprocessor: bool, tokens: int) -> int:
-        """Worst-case latent slots; entropy's count depends on the text, so only its first is reserved."""
-        if not coprocessor:
-            return 0
-        return self.num_latents * (math.ceil(tokens / EVERY) if policy == "every-n" else 1)
-
-    def needed(self, prompt: int, policy: str, coprocessor: bool, tokens: int) -> int:
-        return prompt + self.latents(policy, coprocessor, tokens) + tokens
-
-    def most(self, prompt: int, policy: str, coprocessor: bool) -> int:
-        """The largest max_tokens that fits (0 if none)."""
-        tokens = self.slots - prompt - self.latents(policy, coprocessor, 1)
-        while tokens > 0 and self.needed(prompt, policy, coprocessor, tokens) > self.slots:
-            tokens -= 1  # only every-n gets here, at most a few dozen times
-        return max(tokens, 0)
-
-    def max_tokens(self, prompt: int, policy: str, coprocessor: bool, asked: int | None, param: str) -> int:
-        most = self.most(prompt, policy, coprocessor)
-        latents = self.latents(policy, coprocessor, max(asked or most, 1))
-        if most == 0:
-            raise invalid(param, f"the prompt is {prompt} tokens{_plus(latents)} and the kv-cache holds "
-                          f"{self.slots}: no room to generate; shorten the prompt", "context_length_exceeded")
-        if asked is not None and asked > most:
-            raise invalid("max_tokens", f"{prompt} prompt tokens{_plus(latents)} + max_tokens {asked} exceed the "
-                          f"kv-cache's {self.slots} slots: ask for at most {most} tokens or shorten the prompt",
-                          "context_length_exceeded")
-        return most if asked is None else asked
-
-
-def _plus(latents: int) -> str:
-    return f" + {latents} latents" if latents else ""
+def max_tokens(capacity: Capacity, prompt: int, policy: Policy, asked: int | None, param: str) -> int:
+    """The request's max_tokens, checked against the kv-cache before it is queued (``None``: all that fit).
+    ``Capacity`` (runtime/generator.py) counts the slots, as it does for ``latentcache run``."""
+    most = capacity.most(prompt, policy)
+    latents = capacity.latent_slots(max(asked or most, 1), policy)
+    plus = f" + {latents} latent slots" if latents else ""
+    if most == 0:
+        raise invalid(param, f"the prompt is {prompt} tokens{plus} and the kv-cache holds {capacity.slots}: "
+                      "no room to generate; shorten the prompt", "context_length_exceeded")
+    if asked is not None and asked > most:
+        raise invalid("max_tokens", f"max_tokens {asked} does not fit: {prompt} prompt tokens{plus} leave room for "
+                      f"{most} tokens in the kv-cache's {capacity.slots} slots; ask for at most {most} tokens or "
+                      "shorten the prompt", "context_length_exceeded")
+    return most if asked is None else asked
 
 
 # -- the app --------------------------------------------------------------------------------------------
@@ -181,8 +166,7 @@ class Server:
         self.config, self.pipeline = config, pipeline
         self.model_id = config.model_id
         self.coprocessor = config.coprocessor and pipeline.has_coprocessor
-        kv = pipeline.manifest.kv
-        self.capacity = Capacity(kv.max_seq, pipeline.manifest.num_latents)
+        self.capacity = pipeline.generator.budget
         self.worker = Worker(pipeline, config.queue_size)
         self.created = int(time.time())
 
@@ -211,9 +195,10 @@ class Server:
         # Tokenizing (and rendering a chat template) is CPU work: keep it off the event loop.
         ids = await run_in_threadpool(self._encode, parsed)
         param = "messages" if parsed.chat else "prompt"
-        max_tokens = self.capacity.max_tokens(len(ids), policy, coprocessor, parsed.max_tokens, param)
+        schedule = self.pipeline.policy(coprocessor, policy, every=EVERY)  # for counting slots; the worker runs its own
+        budget = max_tokens(self.capacity, len(ids), schedule, parsed.max_tokens, param)
         events: asyncio.Queue[Event] = asyncio.Queue()
-        job = Job(ids, max_tokens, parsed.sampling, parsed.stop, coprocessor, policy, parsed.stream,
+        job = Job(ids, budget, parsed.sampling, parsed.stop, coprocessor, policy, parsed.stream,
                   _deliverer(asyncio.get_running_loop(), events))
         self.worker.submit(job)
         ident = f"{'chatcmpl' if parsed.chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -327,11 +312,16 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+def check_extra() -> None:
+    """Say which extra to install, before any model is loaded."""
+    if _MISSING_EXTRA is not None:
+        raise LatentcacheError(f"the server needs the serve extra ({_MISSING_EXTRA.name} is missing): "
+                               "pip install 'latentcache[serve]'")
+
+
 def create_app(config: ServeConfig, pipeline: Pipeline | None = None):
     """The Starlette app. Without ``pipeline`` the artifacts are opened now (and closed at shutdown)."""
-    if _MISSING_EXTRA is not None:
-        raise LatentcacheError(f"the server needs the [serve] extra ({_MISSING_EXTRA.name} is missing): "
-                               "pip install 'latentcache[serve]'")
+    check_extra()
     owned = pipeline is None
     pipeline = pipeline or Pipeline(config.artifacts, config.backend, config.threads)
     server = Server(config, pipeline)
@@ -404,6 +394,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 def serve(config: ServeConfig) -> None:
     """Load the model, then serve until interrupted (Ctrl-C / SIGTERM)."""
+    check_extra()
     pipeline = Pipeline(config.artifacts, config.backend, config.threads)
     app = create_app(config, pipeline)
     server: Server = app.state.server

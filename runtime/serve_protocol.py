@@ -5,8 +5,10 @@ own. A body that breaks a rule raises ``ApiError``: its status and the OpenAI er
 ``{"error": {"message", "type", "param", "code"}}`` are what the client gets, never a traceback.
 
 Unknown fields are ignored, as OpenAI-compatible servers do (clients send ``user``, ``metadata``, ...);
-fields whose *meaning* this server cannot honour (``n > 1``, ``logprobs``, tools, penalties, ...) are
-rejected rather than silently dropped, so a client never believes it got something it did not.
+fields whose *meaning* this server cannot honour (``n > 1``, ``logprobs``, tools, ...) are rejected rather
+than silently dropped, so a client never believes it got something it did not. ``presence_penalty`` and
+``frequency_penalty`` are OpenAI's; ``repetition_penalty`` and ``top_k`` are vLLM's extensions
+(``latentcache/sampling.py`` defines all three).
 """
 
 from __future__ import annotations
@@ -177,7 +179,15 @@ def _sampling(body: dict) -> Sampling:
     seed = 0 if seed is None else _integer(seed, "seed")
     if not 0 <= seed <= MAX_SEED:
         raise invalid("seed", f"seed must be in [0, 2**63 - 1], got {seed}")
-    return Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    penalties = {name: _number(body, name, 0.0) for name in ("presence_penalty", "frequency_penalty")}
+    for name, value in penalties.items():
+        if not -2 <= value <= 2:
+            raise invalid(name, f"{name} must be in [-2, 2], got {value:g}")
+    repetition = _number(body, "repetition_penalty", 1.0)
+    if repetition <= 0:
+        raise invalid("repetition_penalty", f"repetition_penalty must be > 0 (1 is off), got {repetition:g}")
+    return Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, repetition_penalty=repetition,
+                    **penalties)
 
 
 def _stop(value) -> tuple[str, ...]:
@@ -249,10 +259,6 @@ def _reject_unsupported(body: dict, chat: bool) -> None:
     n = body.get("n")
     if n is not None and n != 1:
         raise invalid("n", f"n must be 1 (one choice per request), got {n!r}")
-    for name in ("frequency_penalty", "presence_penalty"):
-        value = body.get(name)
-        if value not in (None, 0, 0.0) or isinstance(value, bool):
-            raise invalid(name, f"{name} is not supported: leave it out or send 0")
     if body.get("logprobs") not in (None, False, 0) or body.get("top_logprobs") not in (None, 0):
         raise invalid("logprobs", "logprobs are not supported: leave logprobs out")
     if chat and body.get("tools"):
@@ -275,6 +281,7 @@ class Outcome:
 
     text: str
     finish_reason: str  # "stop" (a stop token or sequence) or "length" (max_tokens or the kv-cache)
+    # (the generator's own stop reason, finer than these two, is latentcache["stop_reason"])
     prompt_tokens: int
     completion_tokens: int
     latentcache: dict

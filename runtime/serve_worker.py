@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from latentcache.errors import LatentcacheError
 from latentcache.runtime import Pipeline, RequestStats
 from latentcache.runtime.serve_protocol import ApiError, Outcome
 from latentcache.sampling import Sampling
@@ -95,39 +94,33 @@ def run_job(pipeline: Pipeline, job: Job) -> Outcome:
     generator, stop_ids = pipeline.generator, pipeline.tokenizer.stop_ids
     # The generator runs whole batches; artifacts exported with --batch > 1 get the prompt in every row.
     steps = generator.generate([job.ids] * generator.batch, job.max_tokens, job.sampling, stop_ids, policy, stats)
-    counts = {"generated": 0, "finish": "length"}
 
     def tokens():
-        try:
-            for step in steps:
-                if job.cancelled.is_set():  # the client went away: stop spending the model on it
-                    return
-                counts["generated"] += 1
-                if int(step[0]) in stop_ids:
-                    counts["finish"] = "stop"
-                yield int(step[0])
-        except LatentcacheError:
-            # Only a data-dependent schedule (entropy) can outgrow the capacity check: end like OpenAI does
-            # at the context limit.
-            if counts["generated"] and generator.length + max(1, generator.num_latents) > generator.capacity:
+        for step in steps:
+            if job.cancelled.is_set():  # the client went away: stop spending the model on it
                 return
-            raise
+            yield int(step[0])
 
     matcher, text = StopMatcher(job.stop), []
     started = time.perf_counter()
+    hit = False
     try:
         for piece in pipeline.tokenizer.stream(tokens()):
             emit, hit = matcher.feed(piece)
             _emit(job, text, emit)
             if hit:
-                counts["finish"] = "stop"
                 break
         else:
             _emit(job, text, matcher.flush())
     finally:
         steps.close()  # runs Generator.generate's own cleanup (an async coprocessor is joined) on an early stop
+    if hit:
+        stats.stop_reason = "stop_string"
+    # OpenAI's finish reasons: "stop" for a stop token or sequence, "length" for max_tokens or the context limit
+    # (an entropy schedule that outgrows the first reservation ends like OpenAI does at the context limit).
+    finish = "stop" if stats.stop_reason in ("eos", "stop_string") else "length"
     info = _latency(stats, job, pipeline, started)
-    return Outcome("".join(text), counts["finish"], len(job.ids), counts["generated"], info)
+    return Outcome("".join(text), finish, len(job.ids), stats.new_tokens, info)
 
 
 def _emit(job: Job, text: list[str], piece: str) -> None:
@@ -144,6 +137,7 @@ def _latency(stats: RequestStats, job: Job, pipeline: Pipeline, started: float) 
     return {
         "coprocessor": job.coprocessor,
         "policy": job.policy if job.coprocessor else "none",
+        "stop_reason": stats.stop_reason,
         "latents": pipeline.manifest.num_latents * len(stats.augment_s),
         "augmented_at": list(stats.augmented_at),
         "queue_ms": round((started - job.enqueued) * 1000, 3),

@@ -52,14 +52,14 @@ class Tokenizer:
             return self.encode_messages([{"role": "user", "content": prompt}])
         return self.fast.encode(prompt).ids
 
-    def encode_messages(self, messages: list[dict]) -> list[int]:
+    def encode_messages(self, messages: list[dict], template: bool = True) -> list[int]:
         """Token ids of a conversation with the assistant turn opened: the chat template over all messages,
-        tokenized without added special tokens (as ``apply_chat_template``). A model without a template gets
-        the contents one per line, so a lone message encodes as the plain prompt does."""
+        tokenized without added special tokens (as ``apply_chat_template``). A model without a template (or
+        ``template=False``) gets the contents one per line, so a lone message encodes as the plain prompt does."""
         for message in messages:
             if isinstance(message.get("content"), str):
                 check_text(message["content"], "a message")
-        if self.template:
+        if self.template and template:
             return self.fast.encode(self.render(messages), add_special_tokens=False).ids
         return self.fast.encode("\n".join(message["content"] for message in messages)).ids
 

@@ -87,7 +87,7 @@ class ThreadServer:
     def worker(self):
         return self.app.state.server.worker
 
-    def __enter__(self) -> ThreadServer:
+    def __enter__(self) -> ThreadServer:  # noqa: PYI034 - typing.Self needs Python 3.11
         self.thread.start()
         wait_for(lambda: self.server.started, "the server to start")
         return self
@@ -306,7 +306,7 @@ BAD_REQUESTS = [
     ("max-tokens-bool", CHAT, {"messages": USER, "max_tokens": True}, 400, INVALID, "an integer"),
     ("max-tokens-string", CHAT, {"messages": USER, "max_tokens": "10"}, 400, INVALID, "an integer"),
     ("max-tokens-huge", CHAT, {"messages": USER, "max_tokens": 10**12}, 400, INVALID,
-     "exceed the kv-cache's 128 slots"),
+     "in the kv-cache's 128 slots"),
     ("max-completion-tokens-zero", CHAT, {"messages": USER, "max_completion_tokens": 0}, 400,
      INVALID, "max_completion_tokens must be at least 1"),
     ("temperature-negative", CHAT, {"messages": USER, "temperature": -0.5}, 400, INVALID,
@@ -330,7 +330,12 @@ BAD_REQUESTS = [
     ("n-two", CHAT, {"messages": USER, "n": 2}, 400, INVALID, "n must be 1"),
     ("logprobs", CHAT, {"messages": USER, "logprobs": True}, 400, INVALID, "logprobs are not supported"),
     ("tools", CHAT, {"messages": USER, "tools": [{"type": "function"}]}, 400, INVALID, "tool calls"),
-    ("penalty", CHAT, {"messages": USER, "presence_penalty": 0.5}, 400, INVALID, "not supported"),
+    ("presence-penalty-range", CHAT, {"messages": USER, "presence_penalty": 2.5}, 400, INVALID,
+     "presence_penalty must be in [-2, 2], got 2.5"),
+    ("frequency-penalty-string", CHAT, {"messages": USER, "frequency_penalty": "much"}, 400, INVALID,
+     "frequency_penalty must be a number"),
+    ("repetition-penalty-zero", CHAT, {"messages": USER, "repetition_penalty": 0}, 400, INVALID,
+     "repetition_penalty must be > 0"),
     ("coprocessor-string", CHAT, {"messages": USER, "coprocessor": "yes"}, 400, INVALID,
      "coprocessor must be a boolean"),
     ("unknown-policy", CHAT, {"messages": USER, "policy": "magic"}, 400, INVALID, "unknown policy 'magic'"),
@@ -381,8 +386,10 @@ def test_over_capacity_is_refused_before_generation(server):
     assert over.status_code == 400
     error = over.json()["error"]
     assert error["code"] == "context_length_exceeded" and error["param"] == "max_tokens"
-    assert f"3 prompt tokens + {NUM_LATENTS} latents + max_tokens {room + 1}" in error["message"]
-    assert f"at most {room} tokens" in error["message"]
+    # The latents plus one slot per augmentation (the refeed variant's), as `latentcache run` counts them.
+    assert error["message"] == (f"max_tokens {room + 1} does not fit: 3 prompt tokens + {NUM_LATENTS + 1} latent "
+                                f"slots leave room for {room} tokens in the kv-cache's {MAX_SEQ} slots; ask for at "
+                                f"most {room} tokens or shorten the prompt")
     # Without the coprocessor its latents' slots are free for tokens.
     base = httpx.post(f"{server.url}{CHAT}", json=chat_body(prompt, max_tokens=room + 1, coprocessor=False))
     assert base.status_code == 200
@@ -412,6 +419,22 @@ def test_stop_sequences_cut_the_text(server, reference):
                   if line.startswith("data: {")]
     assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events) == cut
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_stop_reasons_and_penalties_reach_the_generator(server, artifacts):
+    def ask(**fields):
+        body = httpx.post(f"{server.url}{CHAT}", json=chat_body("Hello there", **fields)).json()
+        return body["choices"][0]["message"]["content"], body["choices"][0]["finish_reason"], body["latentcache"]
+
+    text, finish, extra = ask(max_tokens=6)
+    assert (finish, extra["stop_reason"]) == ("length", "max_tokens")
+    _, finish, extra = ask(max_tokens=30, stop=text[2:4])
+    assert (finish, extra["stop_reason"]) == ("stop", "stop_string")
+    penalties = {"repetition_penalty": 1.6, "presence_penalty": 0.5, "frequency_penalty": 0.3}
+    penalized, _, _ = ask(max_tokens=16, **penalties)
+    pipeline = Pipeline(artifacts, "onnxruntime-cpu", threads=1)
+    expected = "".join(pipeline.stream("Hello there", 16, Sampling(**penalties), pipeline.policy(True)))
+    assert penalized == expected != ask(max_tokens=16)[0]
 
 
 def test_sampling_is_seeded(server):

@@ -26,6 +26,19 @@ from latentcache.contract import manifest as contract
 from latentcache.limits import cache_bytes, check_memory
 from latentcache.runtime.backend import Backend, BackendUnavailable
 
+MAX_DEFAULT_THREADS = 8  # a cap on the default only: --threads may ask for more
+
+
+def default_threads() -> int:
+    """ONNX Runtime's intra-op threads when none are asked for: the cores this process may run on (its CPU
+    affinity, which containers and ``taskset`` restrict; ``os.cpu_count()`` counts the whole machine), at most 8."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no sched_getaffinity on macOS and Windows
+        usable = os.cpu_count() or 1
+    return max(1, min(usable, MAX_DEFAULT_THREADS))
+
+
 def numpy_dtype(dtype: str):
     if dtype == "bfloat16":  # no bfloat16 kernels on ONNX Runtime's CPU, and numpy has no bfloat16 to bind
         raise BackendUnavailable(
@@ -94,7 +107,7 @@ class OnnxRuntimeBackend(Backend):
         dtype = numpy_dtype(manifest.kv.dtype)  # before loading: bf16 graphs fail deep inside session creation
         options = ort.SessionOptions()
         options.log_severity_level = 3  # TensorScatter logs a warning per call when it has to copy
-        options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 8)
+        options.intra_op_num_threads = threads or default_threads()
         self.decode_on_prefill = not separate_decode
         kv = manifest.kv
         check_memory(cache_bytes(kv.num_layers, kv.batch, kv.num_kv_heads, kv.max_seq, kv.head_dim,
