@@ -132,13 +132,14 @@ def _spec(role: str, dtype: str, shape: tuple) -> contract.TensorSpec:
 def plan_graphs(base, coprocessor, config: ExportConfig, dtype: torch.dtype) -> list[GraphPlan]:
     from torch.export import Dim
 
-    from latentcache.model.graph_steps import BaseStep, CoprocessorStep
+    from latentcache.model.graph_steps import CoprocessorStep, base_steps
     from latentcache.model.kv_update import UPDATES
 
     mc, batch, max_seq = base.config, config.batch, config.max_seq
     dt = str(dtype).removeprefix("torch.")
     query, attend = Dim("query", min=1, max=max_seq), Dim("attend", min=1, max=max_seq)
     update = UPDATES[config.kv_update]
+    steps = base_steps(base, update, coprocessor)  # with the coprocessor's latent gate, when its variant has one
     cache = [torch.zeros(batch, mc.num_kv_heads, max_seq, mc.head_dim, dtype=dtype) for _ in range(2 * mc.num_layers)]
     q, span = 3, 7  # example sizes >= 2 so the exporter does not specialise them
     ids = torch.ones(batch, q, dtype=torch.long)
@@ -156,7 +157,7 @@ def plan_graphs(base, coprocessor, config: ExportConfig, dtype: torch.dtype) -> 
     cache_dims = [{} for _ in cache]
     plans = [
         GraphPlan(
-            "prefill", BaseStep(base, update, with_embeds=True),
+            "prefill", steps["prefill"],
             (ids, positions, write_index, mask, cache),
             {"inputs_embeds": torch.zeros(batch, q, mc.hidden_size, dtype=dtype),
              "embeds_mask": torch.zeros(batch, q, dtype=torch.long)},
@@ -167,7 +168,7 @@ def plan_graphs(base, coprocessor, config: ExportConfig, dtype: torch.dtype) -> 
             base_out,
         ),
         GraphPlan(
-            "decode", BaseStep(base, update, with_embeds=False),
+            "decode", steps["decode"],
             (ids[:, :1], positions[:, :1], write_index, mask, cache), {},
             {"input_ids": {}, "position_ids": {}, "write_index": {}, "attention_mask": {1: attend},
              "cache": cache_dims},
@@ -285,9 +286,8 @@ def coprocessor_metadata(directory: Path | None) -> dict:
 
 def export_artifacts(config: ExportConfig, progress: Callable[[str], None] | None = None) -> Path:
     """Write the artifacts directory ``config.out``; returns its path."""
-    from latentcache.model.kv_update import OPSET
-
     from latentcache.model.checkpoint import load_models
+    from latentcache.model.kv_update import OPSET
 
     say = progress or (lambda message: print(message, file=sys.stderr))
     out = Path(config.out)
@@ -341,7 +341,10 @@ def build_manifest(base, coprocessor, config, dtype, graphs, tokenizer_files, te
         hidden_size=mc.hidden_size,
         vocab_size=mc.vocab_size,
         num_latents=coprocessor.config.num_latents if coprocessor is not None else 0,
-        latent_positions="latent i after a prompt ending at position p: position p + 1 + i, next cache slot",
+        augmentation=coprocessor.variant if coprocessor is not None else "",
+        latent_positions="latent i after a prompt ending at position p: position p + 1 + i, next cache slot"
+                         + ("; then the last token again at position p (its old slot emptied)"
+                            if coprocessor is not None and coprocessor.variant != "paper" else ""),
         special_tokens={"bos_token_id": mc.bos_token_id, "eos_token_ids": list(mc.eos_token_ids),
                         "pad_token_id": mc.pad_token_id},
         tokenizer_files=tokenizer_files,

@@ -1,4 +1,8 @@
-"""Tiny exported artifacts for the export and runtime tests: a random base, a perturbed LoRA coprocessor."""
+"""Tiny exported artifacts for the export and runtime tests: a random base, a perturbed LoRA coprocessor.
+
+The coprocessor is the default (gated) variant unless asked otherwise, with a random, mostly open gate per layer
+and head: closed, the latents would hardly change a token and the parity tests would prove little.
+"""
 
 from __future__ import annotations
 
@@ -22,19 +26,24 @@ class Exported:
     coprocessor: object  # the reference Coprocessor (LoRA unmerged)
 
 
-def save_random_coprocessor(base_dir: Path, out: Path, num_latents: int = NUM_LATENTS, seed: int = 0) -> Path:
-    """A LoRA coprocessor checkpoint with random (non-zero) adapters, as training would write it."""
+def save_random_coprocessor(base_dir: Path, out: Path, num_latents: int = NUM_LATENTS, seed: int = 0,
+                            variant: str = "gated") -> Path:
+    """A LoRA coprocessor checkpoint with random (non-zero) adapters and gate, as training would write it."""
     from latentcache.model import load_decoder
     from latentcache.model.checkpoint import base_fingerprint, save_checkpoint
     from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
 
-    config = CoprocessorConfig(num_latents=num_latents, lora_rank=4)
+    config = CoprocessorConfig(num_latents=num_latents, lora_rank=4, variant=variant)
     coprocessor = Coprocessor(load_decoder(base_dir), config, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in coprocessor.trainable_parameters().items():
             if "lora_b" in name:  # zero at init would make the adapters a no-op
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+            if name == "latent_gate":  # per head between +6 and +10 (wide open): latents then change greedy tokens
+                param.copy_(6 + torch.rand(param.shape, generator=generator) * 4)
+            if name == "latent_scale":  # latents far louder than token embeddings: they must move the tokens
+                param.mul_(30)
     state = {"step": 0, "train_config": {"seed": seed}, "coprocessor_config": vars(config),
              "fingerprints": {"base": base_fingerprint(base_dir)}, "metrics": {}}
     save_checkpoint(out, coprocessor.trainable_parameters(), None, state)
@@ -42,14 +51,14 @@ def save_random_coprocessor(base_dir: Path, out: Path, num_latents: int = NUM_LA
 
 
 def export_tiny(arch: str, directory: Path, kv_update: str = "inplace", batch: int = 2, max_seq: int = 64,
-                dtype: str = "fp32") -> Exported:
+                dtype: str = "fp32", variant: str = "gated") -> Exported:
     from latentcache.export.onnx_export import ExportConfig, export_artifacts
     from latentcache.model.checkpoint import load_coprocessor
 
     base_dir = directory / "base"
     build_tiny(arch, base_dir)
     save_tiny_tokenizer(base_dir)
-    checkpoint = save_random_coprocessor(base_dir, directory / "coprocessor")
+    checkpoint = save_random_coprocessor(base_dir, directory / "coprocessor", variant=variant)
     artifacts = export_artifacts(
         ExportConfig(base=base_dir, out=directory / "artifacts", coprocessor=checkpoint, dtype=dtype,
                      max_seq=max_seq, batch=batch, kv_update=kv_update),

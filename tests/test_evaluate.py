@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from latentcache import paths, tasks
 from latentcache.errors import LatentcacheError
-from latentcache.model import load_decoder
-from latentcache.model.generate import generate
-from latentcache.model.masks import causal_mask
-from latentcache import tasks
 from latentcache.model import generate as generate_steps
-from latentcache.paths import shared_dir
-from latentcache.train import benchmarks as bm
+from latentcache.model import load_decoder
 from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
+from latentcache.model.generate import generate
+from latentcache.model.layout import sample_points
+from latentcache.model.masks import causal_mask
+from latentcache.train import benchmarks as bm
 from latentcache.train.evaluate import (
     PerplexityConfig,
     PerplexityResult,
@@ -25,7 +25,6 @@ from latentcache.train.evaluate import (
     markdown_table,
     plot_relative_change,
 )
-from latentcache.model.layout import sample_points
 from latentcache.train.objective import base_cache_for
 
 N_L = 3
@@ -40,7 +39,7 @@ def base(tiny_model):
 
 @pytest.fixture(scope="module")
 def coprocessor(base):
-    return Coprocessor(base, CoprocessorConfig(num_latents=N_L), seed=0).eval()
+    return Coprocessor(base, CoprocessorConfig(num_latents=N_L, variant="gated", gate_init=-1.0), seed=0).eval()
 
 
 def batches(seed=0, n=2, batch=2, length=24):
@@ -185,6 +184,7 @@ def test_readers_parse_the_fake_formats(tmp_path):
     assert [i.subject for i in tasks.spread(mmlu, 3)] == ["algebra", "biology", "algebra"]
 
 
+@pytest.mark.needs_data("arc", "mmlu", "gsm8k")
 def test_readers_parse_the_shared_eval_sets():
     root = tasks.data_root()
     easy, challenge = tasks.read_arc(root, "Easy"), tasks.read_arc(root, "Challenge")
@@ -200,12 +200,34 @@ def test_readers_parse_the_shared_eval_sets():
 
 
 def test_data_root_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("LATENTCACHE_SHARED", str(tmp_path))
+    monkeypatch.delenv("LATENTCACHE_DATA", raising=False)
+    monkeypatch.setenv("LATENTCACHE_SHARED", str(tmp_path))  # the older variable names the folder above data/
     assert tasks.data_root() == tmp_path / "data"
-    with pytest.raises(LatentcacheError, match="no such file"):
+    with pytest.raises(LatentcacheError, match="GSM8K is missing: no .*gsm8k/test.jsonl"):
         tasks.read_gsm8k()
+    monkeypatch.setenv("LATENTCACHE_DATA", str(tmp_path / "elsewhere"))  # the data root itself, and it wins
+    assert tasks.data_root() == tmp_path / "elsewhere"
+    assert tasks.data_root(tmp_path / "given") == tmp_path / "given"
+    monkeypatch.delenv("LATENTCACHE_DATA")
     monkeypatch.delenv("LATENTCACHE_SHARED")
-    assert tasks.data_root() == shared_dir() / "data" and shared_dir().name == "shared"
+    assert tasks.data_root() == paths.shared_dir() / "data" and paths.shared_dir().name == "shared"
+
+
+def test_a_missing_task_file_fails_before_any_task_runs(tmp_path):
+    root = write_fake_data(tmp_path / "data")
+    (root / "gsm8k" / "train.jsonl").unlink()  # the last file the last task reads
+    config = tasks.BenchmarkConfig(("arc-easy", "mmlu", "gsm8k"), limit=1)
+    assert tasks.task_files(config) == ("arc/ARC-Easy-Test.jsonl", "mmlu/dev", "mmlu/test", "gsm8k/test.jsonl",
+                                        "gsm8k/train.jsonl")
+    scored = []
+
+    def encode(text):
+        scored.append(text)  # any call means a task ran before the check
+        return [1]
+
+    with pytest.raises(LatentcacheError, match="GSM8K is missing: no .*gsm8k/train.jsonl") as excinfo:
+        bm.run_benchmarks(None, None, encode, lambda ids: "", config, root)
+    assert "\n" not in str(excinfo.value) and scored == []
 
 
 def test_answer_extraction():
@@ -215,16 +237,21 @@ def test_answer_extraction():
     assert tasks.normalize_number("-0.50") == "-0.5"
 
 
-def independent_choice_logprob(base, prompt_ids, choice_ids, latents=None):
-    """Summed log-prob of ``choice_ids`` from one plain causal pass over [prompt, latents, choice]."""
-    pieces = [base.embed(torch.tensor([prompt_ids]))]
+def independent_choice_logprob(base, prompt_ids, choice_ids, latents=None, coprocessor=None):
+    """Summed log-prob of ``choice_ids`` from one plain causal pass over [prompt[:-1], latents, prompt[-1], choice]
+    (the gated variant: the last prompt token re-fed at its own position, the gate on the latents' slots)."""
+    p, n = len(prompt_ids) - 1, 0 if latents is None else latents.shape[1]
+    pieces = [base.embed(torch.tensor([prompt_ids[:-1]]))]
     if latents is not None:
         pieces.append(latents)
-    pieces.append(base.embed(torch.tensor([choice_ids])))
+    pieces.append(base.embed(torch.tensor([prompt_ids[-1:] + choice_ids])))
     embeds = torch.cat(pieces, dim=1)
     length = embeds.shape[1]
+    positions = torch.cat((torch.arange(p), torch.arange(p + 1, p + 1 + n), torch.arange(p, p + 1 + len(choice_ids))))
+    is_latent = (torch.arange(length) >= p) & (torch.arange(length) < p + n)
+    gate = coprocessor.gate(is_latent[None]) if latents is not None else None
     with torch.no_grad():
-        hidden = base(inputs_embeds=embeds, position_ids=torch.arange(length)[None],
+        hidden = base(inputs_embeds=embeds, position_ids=positions[None], gate=gate,
                       attention_mask=causal_mask(torch.ones(1, length, dtype=torch.bool), torch.arange(length)))
         logprobs = F.log_softmax(base.logits(hidden).float(), -1)[0]
     first = length - len(choice_ids) - 1  # the slot predicting the first choice token
@@ -239,7 +266,8 @@ def test_scores_equal_an_independent_forward_and_the_best_choice_wins(base, copr
         latents = coprocessor(base_cache_for(base, torch.tensor([prompt_ids])), torch.tensor([[len(prompt_ids) - 1]]),
                               context_len=len(prompt_ids))
     for run, run_latents in (("baseline", None), ("augmented", latents)):
-        expected = [independent_choice_logprob(base, prompt_ids, encode(c), run_latents) for c in prompt.continuations]
+        expected = [independent_choice_logprob(base, prompt_ids, encode(c), run_latents, coprocessor)
+                    for c in prompt.continuations]
         assert scores[run].logprobs == pytest.approx(expected, abs=1e-4)
         assert scores[run].predicted == max(range(3), key=expected.__getitem__)
         normalized = [e / len(c) for e, c in zip(expected, prompt.continuations)]

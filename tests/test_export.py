@@ -11,10 +11,10 @@ import onnx
 import pytest
 import torch
 
+from latentcache.contract.manifest import load_manifest
+from latentcache.model.generate import advance, augment, greedy_tokens, prefill
 from latentcache.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from latentcache.runtime.generator import EndOfPrompt, Generator
-from latentcache.contract.manifest import load_manifest
-from latentcache.model.generate import PromptState, augment, extend, greedy_tokens, prefill
 from tests.exported import PROMPTS, export_tiny
 from tests.tiny import ARCHITECTURES
 
@@ -80,8 +80,8 @@ def test_latents_absorbed_cache_and_16_decode_steps_match_reference(exported):
     for step in range(16):
         logits = generator.decode_step(tokens)
         for row, state in enumerate(states):
-            hidden = extend(exported.base, state, [int(tokens[row])])[:, -1]
-            states[row] = PromptState(state.cache, state.next_slot + 1, hidden)
+            states[row] = advance(exported.base, state, torch.tensor([int(tokens[row])]))
+            hidden = states[row].hidden
             assert np.abs(logits[row] - exported.base.logits(hidden)[0].numpy()).max() <= ATOL, f"decode step {step}"
         tokens = (tokens * 5 + step) % 90 + 3
 

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from latentcache.paths import shared_dir
+from latentcache.paths import data_root
 from tests.exported import export_tiny
 from tests.tiny import TOKENIZER_ALPHABET, save_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = Path(os.environ.get("LATENTCACHE_NATIVE_BUILD", ROOT / "build" / "native"))
-SHARED = shared_dir() / "data"  # $LATENTCACHE_SHARED, else ../shared beside the checkout
+SHARED = data_root()  # $LATENTCACHE_DATA, $LATENTCACHE_SHARED/data, else ../shared/data beside the checkout
 SMOLLM2 = SHARED / "smollm2-135m-instruct"
 PROMPT = "the quick brown fox jumps over it"
 NEW_TOKENS = 24
@@ -89,13 +89,15 @@ def python_cli_text(artifacts: Path, prompt: str, *options) -> str:
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """(arch, kv) -> batch-1 tiny artifacts, exported once per module."""
+    """(arch, kv) -> batch-1 tiny artifacts, exported once per module: the gated augmentation, and the paper's
+    for llama-gqa-tied so that both absorb paths (re-fed last token or not) are compared."""
     made = {}
 
     def get(arch: str, kv: str) -> Path:
         if (arch, kv) not in made:
+            variant = "paper" if arch == "llama-gqa-tied" else "gated"
             made[arch, kv] = export_tiny(arch, tmp_path_factory.mktemp(f"{arch}-{kv}"), kv_update=kv, batch=1,
-                                         max_seq=64).artifacts
+                                         max_seq=64, variant=variant).artifacts
         return made[arch, kv]
 
     return get
@@ -381,7 +383,7 @@ def test_unsupported_tokenizer_is_one_line(native, tmp_path):
 
 def shared_or_skip(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"{path} is absent (the shared corpora and tokenizers live under {SHARED})")
+        pytest.skip(f"{path} is absent (the corpora and tokenizers live under the data root {SHARED}: set LATENTCACHE_DATA)")
     return path
 
 

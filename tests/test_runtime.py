@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
@@ -10,21 +11,31 @@ import pytest
 from click.testing import CliRunner
 
 from latentcache.cli import main
+from latentcache.contract.manifest import ManifestError, load_manifest
 from latentcache.errors import LatentcacheError
 from latentcache.runtime import Pipeline
 from latentcache.runtime.backend import BackendUnavailable
 from latentcache.runtime.backends import open_backend
 from latentcache.runtime.backends.onnxruntime import OnnxRuntimeBackend
-from latentcache.runtime.generator import Async, EndOfPrompt, Entropy, EveryN, Generator, RequestStats
-from latentcache.contract.manifest import ManifestError, load_manifest
-from latentcache.sampling import Sampling
+from latentcache.runtime.generator import (
+    Async,
+    Capacity,
+    CapacityError,
+    EndOfPrompt,
+    Entropy,
+    EveryN,
+    Generator,
+    NoAugmentation,
+    RequestStats,
+)
+from latentcache.sampling import GREEDY, Sampling
 from tests.exported import NUM_LATENTS, PROMPTS, export_tiny
 from tests.test_packaging import run_blocked
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    return export_tiny("llama-gqa-tied", tmp_path_factory.mktemp("runtime"), batch=2, max_seq=96)
+    return export_tiny("qwen2-bias", tmp_path_factory.mktemp("runtime"), batch=2, max_seq=96)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +48,7 @@ def generator_for(exported) -> Generator:
     return Generator(OnnxRuntimeBackend(exported.artifacts, load_manifest(exported.artifacts)))
 
 
-def tokens_of(generator, policy=None, count=24, sampling=Sampling(), stats=None) -> np.ndarray:
+def tokens_of(generator, policy=None, count=24, sampling=GREEDY, stats=None) -> np.ndarray:
     return np.stack(list(generator.generate(PROMPTS, count, sampling, policy=policy, stats=stats)), axis=1)
 
 
@@ -84,7 +95,7 @@ def test_every_n_policy_augments_on_schedule_and_uses_cache_slots(exported):
     tokens_of(generator, EveryN(8), count=24, stats=stats)
     assert stats.augmented_at == [0, 8, 16]
     longest = max(map(len, PROMPTS))
-    assert generator.length == longest + 3 * NUM_LATENTS + 23
+    assert generator.length == longest + 3 * (NUM_LATENTS + 1) + 23  # each absorb: the latents, the re-fed token
 
 
 def test_entropy_policy_threshold_bounds(exported):
@@ -135,8 +146,6 @@ def test_capacity_wrong_batch_and_missing_coprocessor_are_clear_errors(exported,
     generator = generator_for(exported)
     with pytest.raises(LatentcacheError, match="batches of 2"):
         generator.prefill(PROMPTS[:1])
-    with pytest.raises(LatentcacheError, match="kv-cache holds 96 slots"):
-        list(generator.generate(PROMPTS, 200))
     from latentcache.export.onnx_export import ExportConfig, export_artifacts
 
     plain = export_artifacts(ExportConfig(base=exported.base_dir, out=tmp_path / "plain", max_seq=32),
@@ -144,6 +153,100 @@ def test_capacity_wrong_batch_and_missing_coprocessor_are_clear_errors(exported,
     pipeline = Pipeline(plain, "onnxruntime-cpu")
     with pytest.raises(LatentcacheError, match="no coprocessor graph"):
         pipeline.policy(True)
+
+
+class CountingBackend:
+    """A backend proxy counting the graph runs, to prove that a refusal comes before any work."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.runs = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def run(self, graph, feeds):
+        self.runs += 1
+        return self.inner.run(graph, feeds)
+
+
+def test_a_prompt_that_leaves_no_room_is_refused_before_prefill(exported):
+    backend = CountingBackend(OnnxRuntimeBackend(exported.artifacts, load_manifest(exported.artifacts)))
+    generator = Generator(backend)
+    long_prompts = [[5] * 92, [6] * 40]  # 92 + (4 latents + 1) slots > 96
+    with pytest.raises(CapacityError, match=r"^the prompt is 92 tokens \+ 5 slots for the coprocessor's latents and "
+                       r"the kv-cache holds 96 slots: no room for an answer; shorten the prompt, pass "
+                       r"--no-coprocessor, or re-export with a larger --max-seq$"):
+        next(generator.generate(long_prompts, 8, policy=EndOfPrompt()))
+    with pytest.raises(CapacityError, match="the prompt is 97 tokens and the kv-cache holds 96 slots"):
+        next(generator.generate([[5] * 97, [6]], 8))
+    assert backend.runs == 0
+    # The same prompt without the coprocessor: its slots are free for the answer (92 + 5 tokens, the last unwritten).
+    assert len(list(generator.generate(long_prompts, 8))) == 5
+    assert backend.runs == 1 + 4
+
+
+def test_capacity_reserves_latents_plus_one_per_augmentation(exported):
+    """``Capacity`` against a brute-force count: prompt + (N_L + 1) per possible augmentation + every token but
+    the last; and the generator stops exactly there with stop reason "capacity"."""
+    capacity = Capacity(96, NUM_LATENTS)
+    assert capacity.per_augmentation == NUM_LATENTS + 1
+    for policy, count in ((NoAugmentation(), lambda n: 0), (EndOfPrompt(), lambda n: min(n, 1)),
+                          (Async(), lambda n: min(n, 1)), (Entropy(1.0), lambda n: min(n, 1)),
+                          (EveryN(8), lambda n: -(-n // 8))):
+        for prompt in (1, 9, 60, 90, 96, 97):
+            fits = [n for n in range(200) if prompt + count(n) * (NUM_LATENTS + 1) + max(n - 1, 0) <= 96]
+            assert capacity.most(prompt, policy) == max(fits, default=0), (policy, prompt)
+            assert capacity.most(prompt, policy, limit=3) == min(max(fits, default=0), 3)
+    generator, stats = generator_for(exported), RequestStats()
+    longest = max(map(len, PROMPTS))
+    tokens = tokens_of(generator, EveryN(8), count=500, stats=stats)
+    assert tokens.shape[1] == stats.new_tokens == stats.token_budget == capacity.most(longest, EveryN(8))
+    assert stats.stop_reason == "capacity" and stats.augmented_at == list(range(0, stats.new_tokens, 8))
+    assert generator.length <= 96
+
+
+def test_every_stop_reason_is_reported(exported, single):
+    generator = generator_for(exported)
+    stats = RequestStats()
+    tokens_of(generator, count=5, stats=stats)
+    assert (stats.stop_reason, stats.new_tokens, stats.token_budget) == ("max_tokens", 5, 5)
+    tokens_of(generator, count=500, stats=stats)
+    assert stats.stop_reason == "capacity" and stats.token_budget == 96 - max(map(len, PROMPTS)) + 1
+    first = tokens_of(generator, count=1)[:, 0]
+    list(generator.generate(PROMPTS, 10, stop_ids=tuple(int(t) for t in first), stats=stats))
+    assert (stats.stop_reason, stats.new_tokens) == ("eos", 1)
+    stream = generator.generate(PROMPTS, 10, stats=stats)
+    next(stream)
+    stream.close()
+    assert (stats.stop_reason, stats.new_tokens) == ("cancelled", 1)
+    # Through the text pipeline, which stops reading at the stop id: the reason is already set.
+    pipeline = Pipeline(single.artifacts, "onnxruntime-cpu")
+    text_stats = RequestStats()
+    ids = pipeline.tokenizer.encode("Hello there", chat=False)
+    stop = int(next(pipeline.generator.generate([ids], 1))[0])
+    pipeline.tokenizer.stop_ids = (stop,)
+    assert "".join(pipeline.stream("Hello there", 10, chat=False, stats=text_stats)) == ""
+    assert text_stats.stop_reason == "eos"
+
+
+def test_repetition_penalty_matches_transformers_generate(single):
+    """Greedy with --repetition-penalty on the runtime equals transformers' generate (the prompt counts as seen)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(single.base_dir).eval()
+    generator = Generator(OnnxRuntimeBackend(single.artifacts, load_manifest(single.artifacts)))
+    prompt = PROMPTS[0]
+    eos = hf.generation_config.eos_token_id
+    stop_ids = tuple(eos if isinstance(eos, list) else [eos])
+    plain = np.concatenate(list(generator.generate([prompt], 24, stop_ids=stop_ids)))
+    for penalty in (1.6, 0.7):
+        ours = np.concatenate(list(generator.generate([prompt], 24, Sampling(repetition_penalty=penalty), stop_ids)))
+        with torch.no_grad():
+            theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
+                                 repetition_penalty=penalty, pad_token_id=0)[0, len(prompt):].numpy()
+        assert ours.tolist() == theirs.tolist(), penalty
+        assert ours.tolist() != plain.tolist(), "the penalty should change this random model's greedy tokens"
 
 
 def test_cuda_backend_unavailable_names_the_package(exported):
@@ -228,14 +331,150 @@ def test_each_request_has_the_whole_capacity(exported):
     assert len(list(generator.generate(PROMPTS, count))) == count
 
 
-def test_cli_chat_answers_each_line_until_an_empty_one(single):
-    result = CliRunner().invoke(main, ["chat", str(single.artifacts), "--raw", "--max-new-tokens", "6",
-                                       "--backend", "onnxruntime-cpu"], input="Hello there\nHow are you\n\n")
+def chat_reference(pipeline, turns: list[str], max_new_tokens: int) -> list[str]:
+    """The answers of a --raw conversation: each turn sees the earlier ones, their texts one per line."""
+    messages, answers = [], []
+    for turn in turns:
+        messages.append({"role": "user", "content": turn})
+        ids = pipeline.tokenizer.encode_messages(messages, template=False)
+        answers.append("".join(pipeline.stream_ids(ids, max_new_tokens, policy=pipeline.policy(True))))
+        messages.append({"role": "assistant", "content": answers[-1]})
+    return answers
+
+
+def chat(artifacts, lines, *options):
+    return CliRunner().invoke(main, ["chat", str(artifacts), "--raw", "--backend", "onnxruntime-cpu", *options],
+                              input=lines)
+
+
+def spy_on_prompts(monkeypatch) -> list[list[int]]:
+    """The token ids of every prompt a chat session sends to the generator."""
+    from latentcache.runtime.session import Session
+
+    real, calls = Session.answer_ids, []
+
+    def recorded(self, ids, stats=None):
+        calls.append(ids)
+        return real(self, ids, stats)
+
+    monkeypatch.setattr(Session, "answer_ids", recorded)
+    return calls
+
+
+def test_cli_chat_keeps_the_conversation_until_an_empty_line(single, monkeypatch):
+    prompts = spy_on_prompts(monkeypatch)
+    result = chat(single.artifacts, "Hello there\nHow are you\n\n", "--max-new-tokens", "6")
     assert result.exit_code == 0, result.output
     pipeline = Pipeline(single.artifacts, "onnxruntime-cpu")
-    for prompt in ("Hello there", "How are you"):
-        answer = "".join(pipeline.stream(prompt, 6, policy=pipeline.policy(True), chat=False))
-        assert answer in result.stdout
+    first, second = chat_reference(pipeline, ["Hello there", "How are you"], 6)
+    assert result.stdout == f"you> {first}\nyou> {second}\nyou> "
+    conversation = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": first},
+                    {"role": "user", "content": "How are you"}]
+    assert prompts[1] == pipeline.tokenizer.encode_messages(conversation, template=False)
+    assert "note: the answer was cut at --max-new-tokens 6 (stop reason max_tokens)" in result.stderr
+
+
+def test_cli_chat_reset_starts_a_new_conversation(single, monkeypatch):
+    prompts = spy_on_prompts(monkeypatch)
+    result = chat(single.artifacts, "Hello there\n/reset\nHow are you\n", "--max-new-tokens", "6")
+    assert result.exit_code == 0, result.output
+    pipeline = Pipeline(single.artifacts, "onnxruntime-cpu")
+    first, alone = chat_reference(pipeline, ["Hello there"], 6)[0], chat_reference(pipeline, ["How are you"], 6)[0]
+    assert result.stdout == f"you> {first}\nyou> you> {alone}\nyou> "
+    assert prompts[1] == pipeline.tokenizer.encode("How are you", chat=False)
+    assert "(a new conversation)" in result.stderr
+
+
+def test_cli_chat_drops_the_oldest_turns_to_fit_the_cache(single, monkeypatch):
+    # 96 slots: 40 + 1 + up to 20 + 1 + 40 characters leave no room for 20 more tokens and 5 latent slots.
+    prompts = spy_on_prompts(monkeypatch)
+    first, second = "a" * 40, "b" * 40
+    result = chat(single.artifacts, f"{first}\n{second}\n", "--max-new-tokens", "20")
+    assert result.exit_code == 0, result.output
+    assert "note: dropped the 1 oldest turn(s) to fit the kv-cache" in result.stderr
+    pipeline = Pipeline(single.artifacts, "onnxruntime-cpu")
+    assert prompts[1] == pipeline.tokenizer.encode(second, chat=False)
+    assert result.stdout.split("you> ")[2] == chat_reference(pipeline, [second], 20)[0] + "\n"
+
+
+class InterruptingInput(io.BytesIO):
+    """stdin whose ``readline`` raises KeyboardInterrupt (Ctrl-C at the prompt) once its lines are read."""
+
+    def readline(self, *args):
+        line = super().readline(*args)
+        if not line:
+            raise KeyboardInterrupt
+        return line
+
+
+def test_cli_chat_ctrl_c_stops_the_answer_not_the_session(single, monkeypatch):
+    from latentcache.runtime.session import Session
+
+    real, calls = Session.answer_ids, []
+
+    def interrupted_once(self, ids, stats=None):
+        calls.append(ids)
+        for number, piece in enumerate(real(self, ids, stats)):
+            if len(calls) == 1 and number == 2:
+                raise KeyboardInterrupt  # Ctrl-C in the middle of the first answer
+            yield piece
+
+    monkeypatch.setattr(Session, "answer_ids", interrupted_once)
+    result = chat(single.artifacts, InterruptingInput(b"Hello there\nHow are you\n"), "--max-new-tokens", "8")
+    assert result.exit_code == 0, result.output  # the Ctrl-C at the prompt, after the second answer, quits
+    assert "(answer stopped; Ctrl-C at the prompt or Ctrl-D quits)" in result.stderr
+    pipeline = Pipeline(single.artifacts, "onnxruntime-cpu")
+    full = chat_reference(pipeline, ["Hello there"], 8)[0]
+    partial = result.stdout.split("you> ")[1].rstrip("\n")
+    assert full.startswith(partial) and len(partial) < len(full)
+    # The second answer saw the first turn as far as it went.
+    messages = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": partial},
+                {"role": "user", "content": "How are you"}]
+    assert calls[1] == pipeline.tokenizer.encode_messages(messages, template=False)
+    assert len(calls) == 2 and result.stdout.count("you> ") == 3
+
+
+def test_cli_run_refuses_a_prompt_without_room_and_notes_a_cut_answer(single):
+    runner = CliRunner()
+    result = runner.invoke(main, ["run", str(single.artifacts), "x" * 95, "--raw", "--backend", "onnxruntime-cpu"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        "error: the prompt is 95 tokens + 5 slots for the coprocessor's latents and the kv-cache holds 96 slots: no "
+        "room for an answer; shorten the prompt, pass --no-coprocessor, or re-export with a larger --max-seq")
+    result = runner.invoke(main, ["run", str(single.artifacts), "x" * 80, "--raw", "--backend", "onnxruntime-cpu",
+                                  "--stats"])  # --max-new-tokens 256 clamped to 96 - 80 - 5 + 1 = 12
+    assert result.exit_code == 0, result.output
+    assert "note: the answer was cut after 12 tokens: the kv-cache's 96 slots are full (stop reason capacity)" \
+        in result.stderr
+    assert "stats: prompt 80 tokens, generated 12 of 12, stop reason capacity" in result.stderr
+    result = runner.invoke(main, ["run", str(single.artifacts), "Hello", "--raw", "--backend", "onnxruntime-cpu",
+                                  "--stats", "--max-new-tokens", "3", "--no-coprocessor"])
+    assert "stats: prompt 5 tokens, generated 3 of 3, stop reason max_tokens" in result.stderr
+    assert "coprocessor off" in result.stderr and "note: the answer was cut at --max-new-tokens 3" in result.stderr
+
+
+def test_cli_run_penalties_reach_the_sampler(single):
+    pipeline = Pipeline(single.artifacts, "onnxruntime-cpu")
+    sampling = Sampling(repetition_penalty=1.6, presence_penalty=0.5, frequency_penalty=0.3)
+    expected = "".join(pipeline.stream("Hello there", 16, sampling, pipeline.policy(True), chat=False))
+    result = CliRunner().invoke(main, ["run", str(single.artifacts), "Hello there", "--raw", "--backend",
+                                       "onnxruntime-cpu", "--max-new-tokens", "16", "--repetition-penalty", "1.6",
+                                       "--presence-penalty", "0.5", "--frequency-penalty", "0.3"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == expected + "\n"
+    assert expected != "".join(pipeline.stream("Hello there", 16, policy=pipeline.policy(True), chat=False))
+    bad = CliRunner().invoke(main, ["run", str(single.artifacts), "Hi", "--presence-penalty", "3"])
+    assert bad.exit_code == 2 and "--presence-penalty" in bad.output
+
+
+def test_bench_capacity_message_names_bench_flags(single):
+    result = CliRunner().invoke(main, ["bench", str(single.artifacts), "--backend", "onnxruntime-cpu",
+                                       "--prompt-tokens", "80", "--new-tokens", "64", "--repetitions", "1"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: --prompt-tokens 80 + 5 latent slots leave room for 12 tokens in the kv-cache's 96 slots, not "
+        "--new-tokens 64: lower --new-tokens or --prompt-tokens, pass --no-coprocessor, or re-export with a larger "
+        "--max-seq")
 
 
 def test_decode_on_the_prefill_session_equals_the_decode_graph(exported):

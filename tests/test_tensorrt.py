@@ -79,6 +79,7 @@ def synthetic_manifest(directory: Path, layers=2, max_seq=16, batch=1, coprocess
         graphs=graphs, kv=contract.KVSpec(layers, 2, 4, max_seq, batch, dt), model={}, dtype=dt, kv_update=kv_update,
         hidden_size=8, vocab_size=11, num_latents=N_LATENTS if coprocessor else 0, latent_positions="",
         special_tokens={}, tokenizer_files=(), chat_template=None, opset=24, tool_versions={},
+        augmentation="paper" if coprocessor else "",
     )
     directory.mkdir(parents=True, exist_ok=True)
     (directory / contract.MANIFEST_FILE).write_text(manifest.to_json())

@@ -26,6 +26,7 @@ from latentcache.model.decoder import Decoder
 from latentcache.model.generate import (
     PromptState,
     augment,
+    augmentation_slots,
     extend,
     greedy_tokens,
     prefill,
@@ -45,6 +46,7 @@ from latentcache.tasks import (
     read_arc,
     read_gsm8k,
     read_mmlu,
+    require_task_data,
     spread,
 )
 
@@ -67,6 +69,7 @@ class _Runner:
         if coprocessor is not None:
             self.runs["augmented"] = coprocessor
         self.num_latents = coprocessor.config.num_latents if coprocessor is not None else 0
+        self.slots = augmentation_slots(coprocessor)  # the latents and a re-fed token
         bos = base.config.bos_token_id
         if add_bos and bos is None:
             raise LatentcacheError("add_bos is set but the base model's config has no bos_token_id")
@@ -79,14 +82,14 @@ class _Runner:
         The runs share the cache after the prompt: a state is valid only until the next one is yielded.
         """
         ids = self.encode(prompt)
-        limit = self.base.config.max_position_embeddings - self.num_latents - room - len(self.bos)
+        limit = self.base.config.max_position_embeddings - self.slots - room - len(self.bos)
         if limit < 1:
             raise LatentcacheError(f"{room} continuation tokens and {self.num_latents} latents leave no room for a prompt "
                                    f"in the base's {self.base.config.max_position_embeddings} positions")
         if len(ids) > limit:
             ids, self.truncated = ids[-limit:], self.truncated + 1
         ids = self.bos + ids
-        prompt_state = prefill(self.base, ids, len(ids) + self.num_latents + room)
+        prompt_state = prefill(self.base, ids, len(ids) + self.slots + room)
         for name, coprocessor in self.runs.items():
             yield name, augment(self.base, coprocessor, prompt_state)
 
@@ -160,12 +163,15 @@ def run_benchmarks(
     coprocessor: Coprocessor | None,
     encode: Encode,
     decode: Decode | None = None,
-    config: BenchmarkConfig = BenchmarkConfig(),
+    config: BenchmarkConfig | None = None,
     root: str | Path | None = None,
 ) -> dict[str, TaskResult]:
-    """Every task in ``config.tasks`` on the shared eval sets under ``root`` (see ``data_root``)."""
+    """Every task in ``config.tasks`` on the eval sets under the data root ``root`` (``latentcache.paths.data_root``
+    when None); every task's files are checked first, so a missing one fails before the first task runs."""
+    config = config if config is not None else BenchmarkConfig()
     if "gsm8k" in config.tasks and decode is None:
         raise LatentcacheError("gsm8k needs a decode function (token ids -> text) to read the answers")
+    require_task_data(config, root)
     results = {}
     for task in config.tasks:
         if task.startswith("arc-"):

@@ -11,11 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from latentcache.errors import LatentcacheError
+from latentcache.model.coprocessor import DEFAULT_GATE_INIT
+from latentcache.model.layout import VARIANTS
+
+LEGACY_VARIANT = "paper"  # what a run saved before the variants existed trained
 
 # Fields a resumed run may change: they do not alter the optimisation path up to the resumed step. The base
 # is checked by its weights' fingerprint instead of its path, so a moved copy still resumes.
 # The data is checked by the contents' fingerprint (train/data/cache.py), so a moved or re-mounted corpus resumes.
-RESUMABLE_CHANGES = {"max_steps", "log_every", "eval_every", "save_every", "eval_batches", "out", "base", "data"}
+RESUMABLE_CHANGES = {"max_steps", "log_every", "eval_every", "save_every", "eval_batches", "out", "base", "data",
+                     "attention"}  # the attention kernel computes the same function
 
 
 def _finite(value) -> bool:
@@ -55,6 +60,10 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
     device: str = "auto"
     document_masking: bool = True  # groups never read across an end-of-sequence boundary
+    variant: str = "gated"  # how the base reads the latents: gated | refeed | paper (latentcache.model.layout)
+    gate_init: float = DEFAULT_GATE_INIT  # gated: the latent gate's initial logit bias (closed: the base as it was)
+    gate_lr: float = 0.05  # gated: the gate's own learning rate (a logit bias moves ~lr per Adam step)
+    attention: str = "auto"  # "auto" (SDPA) | "sdpa" | "flex" (FlexAttention block masks, CUDA only)
 
     def __post_init__(self) -> None:
         if not self.points:
@@ -94,6 +103,14 @@ class TrainConfig:
             problems.append(f"precision must be auto, fp32 or bf16, not '{self.precision}'")
         if self.pause and (self.lora_rank or self.init != "base"):
             problems.append("the pause control has no network: drop lora_rank and init")
+        if self.attention not in ("auto", "flex", "sdpa"):
+            problems.append(f"attention must be auto, flex or sdpa, not '{self.attention}'")
+        if self.variant not in VARIANTS:
+            problems.append(f"variant must be one of {', '.join(VARIANTS)}, not '{self.variant}'")
+        if not _finite(self.gate_init) or not -1e4 < self.gate_init <= 0:
+            problems.append(f"gate_init must be a finite logit bias <= 0, got {self.gate_init!r}")
+        if not _finite(self.gate_lr) or self.gate_lr <= 0:
+            problems.append(f"gate_lr must be a finite number > 0, got {self.gate_lr!r}")
         return problems
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,6 +125,7 @@ class TrainConfig:
         values = dict(values)
         if "latents" in values and "num_latents" not in values:
             values["num_latents"] = values.pop("latents")
+        values.setdefault("variant", LEGACY_VARIANT)  # written before the variants existed
         if "data" in values:
             values["data"] = tuple(values["data"])
         return cls(**values)

@@ -2,12 +2,13 @@
 
 1. The frozen base runs once over the sequence (no autograd) and keeps its per-layer keys/values.
 2. The coprocessor runs once over all N_P groups of N_L soft tokens, reading that cache as a prefix.
-3. The frozen base runs once over all N_P groups of [N_L latents, N_A - 1 ahead tokens], again reading its
-   own cache as a prefix, *with* autograd so gradients reach the latents.
+3. The frozen base runs once over all N_P groups of [N_L latents, ahead tokens], again reading its own cache
+   as a prefix, *with* autograd so gradients reach the latents (and the latent gate, in the gated variant).
 Original tokens never see latents, so splitting the paper's single extended-sequence pass into (1) and (3)
 changes nothing but saves recomputing the originals. The loss is the mean cross-entropy of the N_A
-predictions per group: the last latent predicts ``x[p+1]``, ahead input ``x[p+k]`` predicts ``x[p+k+1]``
-(the N_A-th ahead token is never an input: its prediction would not be a target).
+predictions per group: in the ``paper`` variant the last latent predicts ``x[p+1]``; in ``refeed``/``gated`` a
+copy of ``x[p]`` after the latents does; ahead input ``x[p+k]`` predicts ``x[p+k+1]`` (the N_A-th ahead token is
+never an input: its prediction would not be a target).
 
 Packed documents (``document_ids``): no token reads across an end-of-sequence boundary. Soft tokens and
 latents belong to ``p``'s document; an ahead token past an EOS belongs to the next one, so it sees neither
@@ -25,9 +26,10 @@ import torch.nn.functional as F
 
 from latentcache.errors import LatentcacheError
 from latentcache.model import Decoder, KVCache, ModelConfig
-from latentcache.model.masks import causal_mask
 from latentcache.model.coprocessor import Coprocessor
-from latentcache.model.layout import group_mask, group_positions
+from latentcache.model.decoder import LatentGate
+from latentcache.model.layout import decoder_offsets, group_mask, refeeds
+from latentcache.model.masks import causal_mask
 
 
 @dataclass
@@ -91,6 +93,15 @@ def ahead_inputs(tokens: torch.Tensor, points: torch.Tensor, ahead: int) -> tupl
     return targets[:, :, :-1], targets
 
 
+def group_token_inputs(tokens: torch.Tensor, points: torch.Tensor, ahead: int, variant: str) -> torch.Tensor:
+    """The token members of each decoder-side group ``[B, P, n]``: ``x[p] .. x[p+ahead-1]`` when the variant
+    re-feeds ``x[p]``, else ``x[p+1] .. x[p+ahead-1]``."""
+    inputs, _ = ahead_inputs(tokens, points, ahead)
+    if not refeeds(variant):
+        return inputs
+    return torch.cat((tokens.gather(1, points)[:, :, None], inputs), dim=2)
+
+
 def predict_groups(
     base: Decoder,
     latents: torch.Tensor,
@@ -99,30 +110,45 @@ def predict_groups(
     points: torch.Tensor,
     ahead: int,
     document_ids: torch.Tensor | None = None,
+    variant: str = "paper",
+    gate_bias: torch.Tensor | None = None,
 ) -> GroupPredictions:
-    """Frozen-base pass over every group [latents, ahead inputs]; log-probs of the ``ahead`` targets."""
+    """Frozen-base pass over every group [latents, token inputs] (``latentcache.model.layout``'s variants);
+    log-probs of the ``ahead`` targets. ``gate_bias [layers, heads]`` is the gated variant's latent gate."""
     batch, n_points = points.shape
     num_latents = latents.shape[1] // n_points
-    group_len = num_latents + ahead - 1
-    inputs, targets = ahead_inputs(tokens, points, ahead)
+    inputs = group_token_inputs(tokens, points, ahead, variant)
+    _, targets = ahead_inputs(tokens, points, ahead)
+    group_len = num_latents + inputs.shape[2]
     embeds = torch.cat((latents.view(batch, n_points, num_latents, -1), base.embed(inputs)), dim=2).flatten(1, 2)
-    mask = group_mask(points, cache.max_seq, group_len, document_ids)  # the cache may be a cropped context
+    # The cache may be a cropped context (the per-point loop); a re-fed x[p] hides slot p itself.
+    mask = group_mask(points, cache.max_seq, group_len, document_ids, sees_point=not refeeds(variant))
     if document_ids is not None:
-        members = _member_documents(document_ids, points, num_latents, ahead)  # [B, Q]
+        members = _member_documents(document_ids, points, num_latents, ahead, variant)  # [B, Q]
         keys = torch.cat((document_ids, members), dim=1)
         mask &= members[:, :, None] == keys[:, None, :]
-    hidden = base(inputs_embeds=embeds, position_ids=group_positions(points, group_len), attention_mask=mask,
-                  prefix=cache)
-    predicting = hidden.view(batch, n_points, group_len, -1)[:, :, num_latents - 1 :]  # [B, P, ahead, H]
+    offsets = decoder_offsets(num_latents, ahead, variant, points.device)
+    positions = (points[:, :, None] + offsets).flatten(1)
+    gate = None
+    if gate_bias is not None:
+        is_latent = torch.arange(group_len, device=points.device) < num_latents
+        keys = torch.cat((torch.zeros(cache.max_seq, dtype=torch.bool, device=points.device),
+                          is_latent.repeat(n_points)))
+        gate = LatentGate(gate_bias, keys[None].expand(batch, -1))
+    hidden = base(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, prefix=cache, gate=gate)
+    first = num_latents if refeeds(variant) else num_latents - 1  # the member predicting x[p+1]
+    predicting = hidden.view(batch, n_points, group_len, -1)[:, :, first : first + ahead]  # [B, P, ahead, H]
     logprobs = F.log_softmax(base.logits(predicting).float(), dim=-1)
     return GroupPredictions(logprobs.gather(-1, targets[..., None]).squeeze(-1), points)
 
 
-def _member_documents(document_ids: torch.Tensor, points: torch.Tensor, num_latents: int, ahead: int) -> torch.Tensor:
-    """Document of every group member ``[B, n_points * group_len]``: the latents are ``p``'s, ahead input
+def _member_documents(document_ids: torch.Tensor, points: torch.Tensor, num_latents: int, ahead: int,
+                      variant: str) -> torch.Tensor:
+    """Document of every group member ``[B, n_points * group_len]``: the latents are ``p``'s, token input
     ``x[p+j]`` is its own."""
+    first = 0 if refeeds(variant) else 1
     offsets = torch.cat((torch.zeros(num_latents, dtype=torch.long, device=points.device),
-                         torch.arange(1, ahead, device=points.device)))
+                         torch.arange(first, ahead, device=points.device)))
     return document_ids.gather(1, (points[:, :, None] + offsets).flatten(1))
 
 
@@ -143,7 +169,8 @@ def augmented_predictions(
     latents = coprocessor(cache, points, document_ids, context_len=tokens.shape[1])
     if latents_transform is not None:
         latents = latents_transform(latents)
-    return predict_groups(base, latents, cache, tokens, points, ahead, document_ids)
+    return predict_groups(base, latents, cache, tokens, points, ahead, document_ids, coprocessor.variant,
+                          coprocessor.latent_gate)
 
 
 def baseline_logprobs(base: Decoder, tokens: torch.Tensor, points: torch.Tensor, ahead: int,

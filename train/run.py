@@ -89,6 +89,7 @@ def run_evaluation(config: EvalConfig) -> dict:
     from latentcache.model import load_decoder
     from latentcache.train.trainer import resolve_device
 
+    _require_eval_data(config)
     decoder = load_decoder(config.base, device=resolve_device(config.device))
     runs = _load_runs(config, decoder)
     report: dict = {"perplexity": {}, "benchmarks": {}}
@@ -98,6 +99,25 @@ def run_evaluation(config: EvalConfig) -> dict:
     write_atomically(config.json_out, json.dumps(report, indent=2))
     write_atomically(config.json_out.with_suffix(".md"), "\n\n".join(markdown) + "\n")
     return report
+
+
+def _require_eval_data(config: EvalConfig) -> None:
+    """Fail on missing evaluation data, in one line, before the base loads and the perplexity pass runs (the
+    benchmarks come after it); with the Hub loader on, this is where their copies are fetched."""
+    from latentcache.tasks import require_task_data
+    from latentcache.train import data as corpora
+
+    if not config.data:
+        corpora.default_gutenberg_sources()
+        corpora.wikitext_test_path()
+    if config.tasks:
+        require_task_data(_benchmark_config(config))
+
+
+def _benchmark_config(config: EvalConfig):
+    from latentcache.tasks import BenchmarkConfig
+
+    return BenchmarkConfig(config.tasks, config.limit)
 
 
 def _load_runs(config: EvalConfig, decoder) -> dict:
@@ -144,7 +164,7 @@ def _perplexity_tables(config: EvalConfig, decoder, runs: dict, report: dict) ->
 def _benchmark_tables(config: EvalConfig, decoder, runs: dict, report: dict) -> list[str]:
     """The benchmark tasks per coprocessor (each with its own baseline); fills ``report``, returns markdown."""
     from latentcache.reference import load_tokenizer
-    from latentcache.tasks import BenchmarkConfig, benchmark_markdown
+    from latentcache.tasks import benchmark_markdown
     from latentcache.train.benchmarks import run_benchmarks, tokenizer_functions
 
     encode, decode = tokenizer_functions(load_tokenizer(config.base))
@@ -152,7 +172,7 @@ def _benchmark_tables(config: EvalConfig, decoder, runs: dict, report: dict) -> 
     for name, coprocessor in runs.items():
         if coprocessor is None:
             continue
-        results = run_benchmarks(decoder, coprocessor, encode, decode, BenchmarkConfig(config.tasks, config.limit))
+        results = run_benchmarks(decoder, coprocessor, encode, decode, _benchmark_config(config))
         report["benchmarks"][name] = {task: r.to_dict() for task, r in results.items()}
         markdown.append(f"### benchmarks: {name}\n\n{benchmark_markdown(results)}")
     return markdown

@@ -152,11 +152,13 @@ class Trainer:
         self.base = load_decoder(cfg.base, dtype=base_dtype, device=self.device)
         check_against_base(cfg, self.base.config)
         self.eos_id = self.base.config.eos_token_ids[0] if self.base.config.eos_token_ids else None
-        coprocessor_config = CoprocessorConfig(cfg.num_latents, cfg.init, cfg.lora_rank, pause=cfg.pause)
+        coprocessor_config = CoprocessorConfig(cfg.num_latents, cfg.init, cfg.lora_rank, pause=cfg.pause,
+                                               variant=cfg.variant, gate_init=cfg.gate_init)
         self.coprocessor = Coprocessor(self.base, coprocessor_config, seed=cfg.seed).to(self.device).float()
+        self._choose_attention_kernel()
         self.trainable = self.coprocessor.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(self.trainable.values(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                           betas=(0.9, 0.95))
+        self.optimizer = torch.optim.AdamW(self._parameter_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           betas=(0.9, 0.95), fused=self.device.type == "cuda")
         self.model = self.coprocessor
         if self.dist.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(self.coprocessor)
@@ -170,6 +172,29 @@ class Trainer:
         elif ckpt.checkpoint_exists(directory):
             raise LatentcacheError(f"{directory}: a checkpoint exists; pass --resume to continue it "
                                    "or choose another --out")
+
+    def _choose_attention_kernel(self) -> None:
+        """SDPA by default (the gate folded into its keys); FlexAttention on request. Measured on an H200
+        (docs/results.md), our FlexAttention path trained 7x slower than SDPA, so it is not the default."""
+        kernel = self.config.attention
+        if kernel == "auto":
+            kernel = "sdpa"
+        if kernel == "flex" and self.device.type != "cuda":
+            raise LatentcacheError("attention 'flex' trains on a CUDA GPU only (FlexAttention has no CPU backward): "
+                                   "use attention 'sdpa' or 'auto' on the CPU")
+        for model in (self.base, self.coprocessor.network):
+            if model is not None:
+                model.kernel = kernel
+
+    def _parameter_groups(self) -> list[dict]:
+        """The gate in a group of its own: its learning rate is a logit step, not a weight step (``lr_scale``
+        keeps the schedule's shape for it)."""
+        gate = [p for name, p in self.trainable.items() if name == "latent_gate"]
+        rest = [p for name, p in self.trainable.items() if name != "latent_gate"]
+        groups = [{"params": rest, "lr_scale": 1.0}]
+        if gate:
+            groups.append({"params": gate, "lr_scale": self.config.gate_lr / self.config.lr, "weight_decay": 0.0})
+        return groups
 
     def _resume(self, directory: Path) -> None:
         if not ckpt.checkpoint_exists(directory):
@@ -238,7 +263,7 @@ class Trainer:
     def train_step(self) -> dict:
         cfg = self.config
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.step, cfg)
+            group["lr"] = learning_rate(self.step, cfg) * group["lr_scale"]
         total = 0.0
         for micro in range(cfg.grad_accum):
             tokens, points = (t.to(self.device) for t in self._micro_batch(self.step * cfg.grad_accum + micro))

@@ -35,7 +35,9 @@ from latentcache.contract.dtypes import NAMES as DTYPES
 from latentcache.contract.files import sha256_of
 from latentcache.errors import LatentcacheError
 
-MANIFEST_VERSION = 1
+# Version 2 added ``augmentation`` (how the base reads the latents); version-1 artifacts are the paper's variant.
+MANIFEST_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 GRAPHS = ("prefill", "decode", "coprocessor")
 KV_UPDATES = ("inplace", "portable")
@@ -45,6 +47,16 @@ INPUT_IDS, INPUTS_EMBEDS, EMBEDS_MASK = "input_ids", "inputs_embeds", "embeds_ma
 POSITION_IDS, WRITE_INDEX, ATTENTION_MASK = "position_ids", "write_index", "attention_mask"
 PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE = "past_key", "past_value", "present_key", "present_value"
 LOGITS, LATENTS = "logits", "latents"
+
+# How the frozen base reads the latents (``latentcache.model.layout`` defines the variants):
+# - "paper": latents absorbed after the prompt at the next slots and positions, the last one predicts next;
+# - "refeed": after the latents the runtime feeds the last token again, at its own position, into a new slot and
+#   marks the old slot empty; decoding continues from that token's logits at the following positions. The
+#   runtime writes LATENT_SLOT into attention_mask for every latent slot: the prefill/decode graphs then place
+#   sliding windows by token positions and bias the scores of latent keys by a learned gate (fixed at zero here);
+# - "gated": "refeed" with a trained gate. "" when there is no coprocessor.
+AUGMENTATIONS = ("gated", "refeed", "paper")
+EMPTY_SLOT, TOKEN_SLOT, LATENT_SLOT = 0, 1, 2  # attention_mask values
 
 
 class ManifestError(LatentcacheError):
@@ -64,7 +76,7 @@ class TensorSpec:
             raise ManifestError(f"tensor {self.name}: unknown dtype '{self.dtype}'")
 
     @staticmethod
-    def from_dict(data: dict) -> "TensorSpec":
+    def from_dict(data: dict) -> TensorSpec:
         return TensorSpec(data["name"], data["role"], data["dtype"], tuple(data["shape"]), data.get("layer"))
 
 
@@ -92,7 +104,7 @@ class GraphSpec:
         return [(keys[i], values[i]) for i in sorted(keys)]
 
     @staticmethod
-    def from_dict(data: dict) -> "GraphSpec":
+    def from_dict(data: dict) -> GraphSpec:
         return GraphSpec(
             data["file"],
             tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
@@ -136,6 +148,7 @@ class Manifest:
     coprocessor: dict = field(default_factory=dict)  # checkpoint metadata (config, metrics) when present
     sources: dict = field(default_factory=dict)  # where base/coprocessor came from (the torch reference backend)
     version: int = MANIFEST_VERSION
+    augmentation: str = ""  # one of AUGMENTATIONS with a coprocessor, else ""
     # sha256 of the manifest's own canonical JSON without this field (``to_json`` fills it): detects an edited
     # or damaged manifest. A checksum, not a signature: whoever can edit the file can recompute it.
     integrity: str = ""
@@ -148,6 +161,20 @@ class Manifest:
             raise ManifestError(f"manifest lacks the {', '.join(missing)} graph(s)")
         if (self.num_latents > 0) != ("coprocessor" in self.graphs):
             raise ManifestError("num_latents and the presence of the coprocessor graph disagree")
+        expected = AUGMENTATIONS if self.num_latents else ("",)
+        if self.augmentation not in expected:
+            raise ManifestError(f"augmentation '{self.augmentation}' with {self.num_latents} latents: expected one of "
+                                f"{expected}; re-export the artifacts")
+
+    @property
+    def refeeds(self) -> bool:
+        """Whether the runtime feeds the last token again after absorbing the latents."""
+        return self.augmentation in ("gated", "refeed")
+
+    @property
+    def latent_slot_value(self) -> int:
+        """The attention_mask value of a latent's slot (the refeed/gated graphs tell latents from tokens by it)."""
+        return LATENT_SLOT if self.refeeds else TOKEN_SLOT
 
     def to_json(self) -> str:
         data = json.loads(json.dumps(asdict(self)))  # tuples become lists, exactly as a reader will see them
@@ -166,12 +193,12 @@ class Manifest:
         return names + ([self.chat_template] if self.chat_template else [])
 
     @staticmethod
-    def from_dict(data: dict) -> "Manifest":
+    def from_dict(data: dict) -> Manifest:
         version = data.get("version")
-        if version != MANIFEST_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ManifestError(
-                f"manifest version {version} is not supported by this runtime (reads version {MANIFEST_VERSION}):"
-                " re-export the artifacts with this latentcache version"
+                f"manifest version {version} is not supported by this runtime (reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}): re-export the artifacts with this latentcache version"
             )
         claimed = data.get("integrity")
         if not isinstance(claimed, str) or not claimed:
@@ -181,6 +208,8 @@ class Manifest:
             raise ManifestError("manifest.json was edited or damaged after export (its integrity sha256 does not match "
                                 "its contents): re-export the artifacts")
         fields = dict(data)
+        if version == 1:  # written before the variants: the paper's, when there is a coprocessor at all
+            fields["augmentation"] = "paper" if data.get("num_latents") else ""
         fields["graphs"] = {name: GraphSpec.from_dict(g) for name, g in data["graphs"].items()}
         fields["kv"] = KVSpec(**data["kv"])
         fields["tokenizer_files"] = tuple(data["tokenizer_files"])

@@ -7,4 +7,4 @@ from latentcache.model.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from latentcache.model.decoder import Decoder, KVCache
 from latentcache.model.loading import load_decoder
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "ModelConfig", "Decoder", "KVCache", "load_decoder"]
+__all__ = ["SUPPORTED_MODEL_TYPES", "Decoder", "KVCache", "ModelConfig", "load_decoder"]

@@ -26,7 +26,12 @@ from typing import Any
 import torch
 
 from latentcache.contract.dtypes import from_short
-from latentcache.contract.files import folder_lock, replace_directory, sha256_of, staging_directory
+from latentcache.contract.files import (
+    folder_lock,
+    replace_directory,
+    sha256_of,
+    staging_directory,
+)
 from latentcache.errors import CheckpointError
 from latentcache.model.loading import load_decoder, weight_files
 
@@ -232,7 +237,9 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, trainable: dict[str, tor
         moments = {key.split("::", 1)[1]: t for key, t in saved.items() if key.startswith(f"{name}::")}
         if moments:
             state = {key: t.to(param.device, param.dtype) for key, t in moments.items() if key != "step"}
-            state["step"] = torch.tensor(float(step))  # AdamW keeps its step count as a CPU float tensor
+            # AdamW keeps its step count as a CPU float tensor; fused AdamW (CUDA) on the parameter's device.
+            fused = bool(optimizer.defaults.get("fused"))
+            state["step"] = torch.tensor(float(step), dtype=torch.float32, device=param.device if fused else "cpu")
             optimizer.state[param] = state
 
 
@@ -241,7 +248,7 @@ def load_coprocessor(directory: Path, base_dir: Path, base=None):
 
     ``base`` may be the already loaded ``Decoder`` of ``base_dir``; returns ``(base, coprocessor)`` in eval mode.
     """
-    from latentcache.model.coprocessor import Coprocessor, CoprocessorConfig
+    from latentcache.model.coprocessor import Coprocessor
 
     directory = resolve_checkpoint(Path(directory))
     state = load_state(directory)
@@ -251,9 +258,18 @@ def load_coprocessor(directory: Path, base_dir: Path, base=None):
             "pass the --base it was trained on"
         )
     base = base if base is not None else load_decoder(base_dir)
-    coprocessor = Coprocessor(base, CoprocessorConfig(**state["coprocessor_config"]), seed=state["train_config"]["seed"])
+    coprocessor = Coprocessor(base, _coprocessor_config(state, directory), seed=state["train_config"]["seed"])
     restore_trainable(coprocessor.trainable_parameters(), load_tensors(directory), directory)
     return base, coprocessor.eval().requires_grad_(False)
+
+
+def _coprocessor_config(state: dict, directory: Path):
+    from latentcache.model.coprocessor import CoprocessorConfig
+
+    try:
+        return CoprocessorConfig.from_dict(state["coprocessor_config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{directory}/state.json: {error}") from None
 
 
 def load_models(base_dir: Path, checkpoint: Path | None, dtype: str):

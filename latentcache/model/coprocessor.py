@@ -14,6 +14,11 @@ Decisions the paper leaves open (fixed here and shared by training, export and t
 - Soft tokens start as the embeddings of N_L distinct random vocabulary tokens (in-distribution inputs).
 - ``pause=True`` is the paper's Pause-token control: no network, the latents *are* the N_L trainable
   embeddings, independent of the input.
+- ``variant`` says how the frozen base reads the latents (``latentcache.model.layout``): ``gated`` (the
+  default) re-feeds the last context token after them and owns ``latent_gate [layers, heads]``, an
+  attention-logit bias on latent keys initialised to ``gate_init`` (closed: at step 0 the base's predictions are
+  unchanged to within ``exp(gate_init)``); ``paper`` is the literal method. Checkpoints written before the
+  variants existed are ``paper``.
 """
 
 from __future__ import annotations
@@ -24,9 +29,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from latentcache.model.decoder import Decoder, KVCache
-from latentcache.model.layout import group_mask, group_positions
+from latentcache.model.decoder import Decoder, KVCache, LatentGate
+from latentcache.model.layout import VARIANTS, group_mask, group_positions
 from latentcache.model.lora import add_lora
+
+LEGACY_VARIANT = "paper"  # what a checkpoint without a variant was trained as
+# The closed gate's logit bias: SmolLM2-135M with an untrained coprocessor stays within 0.5 % of the base's
+# perplexity at every position from -8 (benchmarks/step0.py; -4 moved it by up to 3.5 %).
+DEFAULT_GATE_INIT = -8.0
 
 
 @dataclass(frozen=True)
@@ -36,8 +46,14 @@ class CoprocessorConfig:
     lora_rank: int = 0  # 0: full fine-tuning
     lora_alpha: float = 0.0  # 0 means 2 * rank
     pause: bool = False
+    variant: str = "gated"  # how the frozen base reads the latents (VARIANTS)
+    gate_init: float = DEFAULT_GATE_INIT  # the latent gate's initial logit bias (gated variant)
 
     def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got '{self.variant}'")
+        if not -1e4 < float(self.gate_init) <= 0:
+            raise ValueError(f"gate_init must be a finite logit bias <= 0, got {self.gate_init}")
         if self.num_latents < 1:
             raise ValueError(f"num_latents must be >= 1, got {self.num_latents}")
         if self.init not in ("base", "random"):
@@ -46,6 +62,17 @@ class CoprocessorConfig:
             raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
         if self.pause and (self.lora_rank or self.init != "base"):
             raise ValueError("the pause-token control has no network: drop --lora-rank/--init")
+
+    @staticmethod
+    def from_dict(values: dict) -> CoprocessorConfig:
+        """A config as a checkpoint's ``state.json`` holds it; one written before the variants is ``paper``."""
+        values = {"variant": LEGACY_VARIANT, **values}
+        known = set(CoprocessorConfig.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown coprocessor settings {unknown}: the checkpoint is from a newer latentcache; "
+                             "upgrade it")
+        return CoprocessorConfig(**values)
 
 
 def embedding_rms(base: Decoder) -> float:
@@ -72,6 +99,24 @@ class Coprocessor(nn.Module):
             gain = self.network.norm.weight.float() + (1.0 if base.config.norm_style == "gemma" else 0.0)
             gain_rms = gain.pow(2).mean().sqrt().item()
             self.latent_scale = nn.Parameter(torch.tensor(embedding_rms(base) / max(gain_rms, 1e-6)))
+        # The gate biases latent keys in the frozen base. "refeed" has a fixed open one (zeros, not trained): it
+        # still tells the base which keys are latents, which sliding windows need.
+        shape = (base.config.num_layers, base.config.num_heads)
+        if config.variant == "gated":
+            self.latent_gate = nn.Parameter(torch.full(shape, float(config.gate_init), device=base.embed_tokens.weight.device))
+        else:
+            fixed = torch.zeros(shape, device=base.embed_tokens.weight.device) if config.variant == "refeed" else None
+            self.register_buffer("latent_gate", fixed, persistent=False)
+
+    @property
+    def variant(self) -> str:
+        return self.config.variant
+
+    def gate(self, latent_keys: torch.Tensor) -> LatentGate | None:
+        """The frozen base's gate over keys ``[batch, K]`` (True = latent); None when the variant has none."""
+        if self.latent_gate is None:
+            return None
+        return LatentGate(self.latent_gate, latent_keys)
 
     @staticmethod
     def _make_network(base: Decoder, config: CoprocessorConfig, seed: int) -> Decoder:

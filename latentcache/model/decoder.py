@@ -8,6 +8,8 @@ exactly as in transformers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,6 +57,34 @@ class KVCache:
             buffer.zero_()
 
 
+@dataclass(frozen=True)
+class LatentGate:
+    """The gated augmentation's attention-logit bias on latent keys (``latentcache.model.coprocessor``).
+
+    ``bias [layers, heads]`` is added to the score of every query for each key marked in ``keys [batch, K]``
+    (True = that key slot holds a latent), before the mask and the softmax. Initialised very negative, the
+    frozen base reads its context as if no latent were there; training opens it per layer and head. Sliding
+    windows never hide a latent (they measure distances between tokens).
+    """
+
+    bias: torch.Tensor
+    keys: torch.Tensor
+
+    def layer_bias(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.bias[layer], self.keys
+
+
+def add_key_bias(scores: torch.Tensor, key_bias: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """``scores [B, Hkv, G, Q, K]`` plus ``bias [H]`` (query head ``h = kv_head * G + g``) on the keys in
+    ``keys [B, K]``."""
+    if key_bias is None:
+        return scores
+    bias, keys = key_bias
+    batch, kv_heads, groups = scores.shape[:3]
+    per_head = bias.float().view(1, kv_heads, groups, 1, 1)
+    return scores + per_head * keys.to(scores.dtype)[:, None, None, None, :]
+
+
 class RMSNorm(nn.Module):
     """RMSNorm with the reduction in fp32. ``gemma`` style scales by ``1 + w`` before casting back.
 
@@ -78,6 +108,54 @@ class RMSNorm(nn.Module):
         return self.weight * normed.to(x.dtype)
 
 
+class FlexMask:
+    """A boolean mask ``[B, 1, Q, K]`` as FlexAttention's block-sparse ``BlockMask`` (``Decoder.kernel = "flex"``).
+
+    Training's block masks are mostly empty (each group reads its own context prefix and 32 members), and the
+    gate is a ``score_mod``: FlexAttention skips empty blocks and never materialises ``[B, H, Q, K]`` scores, where
+    SDPA with a float mask must. Built once per forward and mask kind, shared by every layer.
+    """
+
+    def __init__(self, dense: torch.Tensor) -> None:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        allowed = dense[:, 0]
+        batch, queries, keys = allowed.shape
+        self.shape = dense.shape  # what Attention reads of a mask: the attended span
+        self.block_mask = create_block_mask(lambda b, h, q, kv: allowed[b, q, kv], B=batch, H=None, Q_LEN=queries,
+                                            KV_LEN=keys, device=allowed.device, _compile=allowed.is_cuda)
+
+
+_compiled_flex = None
+
+
+def flex_attend(q, k, v, mask: FlexMask, scale: float, softcap: float | None, key_bias=None) -> torch.Tensor:
+    """FlexAttention with the soft-cap and the latent gate as a ``score_mod`` (compiled on CUDA: its fused kernel)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if q.is_cuda and _compiled_flex is None:
+        from torch import _dynamo
+
+        # One compiled kernel per (pass, shape, score_mod kind): base, coprocessor, groups, validation, ...
+        _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    kernel = _compiled_flex if q.is_cuda else flex_attention
+    bias, keys = key_bias if key_bias is not None else (None, None)
+    keys = keys.to(torch.float32) if keys is not None else None
+
+    def score_mod(score, b, h, q_index, kv_index):
+        if softcap is not None:
+            score = torch.tanh(score / softcap) * softcap
+        if bias is not None:
+            score = score + bias[h].to(score.dtype) * keys[b, kv_index].to(score.dtype)
+        return score
+
+    plain = softcap is None and bias is None
+    return kernel(q, k, v, score_mod=None if plain else score_mod, block_mask=mask.block_mask, scale=scale,
+                  enable_gqa=q.shape[1] != k.shape[1])
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -86,19 +164,50 @@ def attend(
     scale: float,
     softcap: float | None,
     explicit: bool = False,
+    key_bias: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Masked attention. ``q [B,H,Q,D]``, ``k/v [B,Hkv,K,D]``, ``mask`` bool ``[B,1,Q,K]`` (True = attend).
+    """Masked attention. ``q [B,H,Q,D]``, ``k/v [B,Hkv,K,D]``, ``mask`` bool ``[B,1,Q,K]`` (True = attend);
+    ``key_bias`` is a layer's ``LatentGate.layer_bias``.
 
-    SDPA runs an efficient kernel for arbitrary boolean masks; soft-capped scores (Gemma-2) and exported
-    graphs take the explicit path. Every query row must allow at least one key.
+    SDPA runs an efficient kernel for arbitrary boolean masks (the gate folded into the keys); soft-capped
+    scores (Gemma-2) and exported graphs take the explicit path. Every query row must allow at least one key.
     """
+    if isinstance(mask, FlexMask):
+        return flex_attend(q, k, v, mask, scale, softcap, key_bias)
     if softcap is None and not explicit:
         groups = q.shape[1] // k.shape[1]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
-    return explicit_attention(q, k, v, mask, scale, softcap)
+        dim = q.shape[-1]
+        if key_bias is not None:
+            q, k, v = fold_gate_into_keys(q, k, v, key_bias, scale)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
+        return out[..., :dim]
+    return explicit_attention(q, k, v, mask, scale, softcap, key_bias)
 
 
-def explicit_attention(q, k, v, mask, scale: float, softcap: float | None) -> torch.Tensor:
+def fold_gate_into_keys(q, k, v, key_bias, scale: float):
+    """q, k, v with the latent gate folded into extra head dimensions, for SDPA with a plain boolean mask.
+
+    Query head ``h = kv_head * G + g`` gets a one-hot ``e_g`` appended and each key ``bias[kv_head*G + j] *
+    latent / scale`` for ``j < G``, so ``scale * q'.k'`` is ``scale * q.k + bias[h] * latent``: the same scores as
+    adding the gate, but SDPA keeps its memory-efficient kernel and its ``[B, 1, Q, K]`` boolean mask instead of
+    a ``[B, H, Q, K]`` float mask (9x the memory at SmolLM2's 9 heads, and no fused backward for it). The head
+    dimension is zero-padded to a multiple of 8 (what the fused kernels need); ``v`` too, sliced off after.
+    """
+    bias, keys = key_bias
+    batch, heads, queries, dim = q.shape
+    kv_heads, length = k.shape[1], k.shape[2]
+    groups = heads // kv_heads
+    width = -(-(dim + groups) // 8) * 8
+    one_hot = torch.eye(groups, width - dim, dtype=q.dtype, device=q.device)  # [G, width - dim]
+    q_extra = one_hot.repeat(kv_heads, 1)[None, :, None, :].expand(batch, heads, queries, -1)
+    per_key = (bias.to(torch.float32) / scale).view(kv_heads, groups)  # [Hkv, G]
+    k_extra = keys.to(torch.float32)[:, None, :, None] * per_key[None, :, None, :]  # [B, Hkv, K, G]
+    k_extra = F.pad(k_extra, (0, width - dim - groups)).to(k.dtype)
+    v = F.pad(v, (0, width - dim))
+    return torch.cat((q, q_extra), dim=-1), torch.cat((k, k_extra), dim=-1), v
+
+
+def explicit_attention(q, k, v, mask, scale: float, softcap: float | None, key_bias=None) -> torch.Tensor:
     """MatMul -> (soft-cap) -> mask -> fp32 softmax -> MatMul, in ops every ONNX runtime and TensorRT parse.
 
     Grouped-query heads are folded into the query axis (``[B, Hkv, G*Q, D]``) instead of repeating the
@@ -112,7 +221,7 @@ def explicit_attention(q, k, v, mask, scale: float, softcap: float | None) -> to
     scores = torch.matmul(q, k.transpose(-1, -2)).float()
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.view(batch, kv_heads, groups, queries, -1)
+    scores = add_key_bias(scores.view(batch, kv_heads, groups, queries, -1), key_bias)
     scores = scores.masked_fill(~mask[:, :, None], torch.finfo(torch.float32).min)
     probs = torch.softmax(scores, dim=-1).to(v.dtype).view(batch, kv_heads, groups * queries, -1)
     return torch.matmul(probs, v).view(batch, heads, queries, dim)
@@ -144,6 +253,7 @@ class Attention(nn.Module):
         cache: KVCache | None,
         write_index: int,
         prefix: KVCache | None = None,
+        gate: LatentGate | None = None,
     ) -> torch.Tensor:
         cfg = self.config
         q = self._heads(self.q_proj(x), cfg.num_heads)
@@ -160,7 +270,8 @@ class Attention(nn.Module):
             span = mask.shape[-1] - k.shape[2]
             k = torch.cat((prefix.keys[self.layer][:, :, :span], k), dim=2)
             v = torch.cat((prefix.values[self.layer][:, :, :span], v), dim=2)
-        out = attend(q, k, v, mask, cfg.attn_scale, cfg.attn_softcap, self.explicit)
+        key_bias = gate.layer_bias(self.layer) if gate is not None else None
+        out = attend(q, k, v, mask, cfg.attn_scale, cfg.attn_softcap, self.explicit, key_bias)
         batch, _, seq, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
@@ -191,8 +302,8 @@ class DecoderLayer(nn.Module):
             self.pre_feedforward_layernorm = RMSNorm(config.hidden_size, eps, style)
             self.post_feedforward_layernorm = RMSNorm(config.hidden_size, eps, style)
 
-    def forward(self, x, rope, mask, cache, write_index, prefix=None) -> torch.Tensor:
-        attn = self.self_attn(self.input_layernorm(x), rope, mask, cache, write_index, prefix)
+    def forward(self, x, rope, mask, cache, write_index, prefix=None, gate=None) -> torch.Tensor:
+        attn = self.self_attn(self.input_layernorm(x), rope, mask, cache, write_index, prefix, gate)
         if not self.sandwich:
             x = x + attn
             return x + self.mlp(self.post_attention_layernorm(x))
@@ -210,13 +321,14 @@ class Decoder(nn.Module):
     index cache slots ``0..k-1``. With a read-only ``prefix`` cache instead (the coprocessor reading the base's
     cache, or block-masked training), the keys are the prefix's first ``k - q`` slots followed by the ``q``
     inputs, concatenated without touching the prefix. It returns final-norm hidden states; ``logits`` maps
-    them to the vocabulary.
+    them to the vocabulary. ``gate`` (a ``LatentGate`` over the same ``k`` keys) biases the scores of latent keys.
     Sliding-window layers further restrict the mask to keys whose position is within the window.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.kernel = "sdpa"  # "flex": FlexAttention block masks in forward (training on a GPU; see FlexMask)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_style)
@@ -226,7 +338,7 @@ class Decoder(nn.Module):
         for kind, spec in config.rope.items():
             self.register_buffer(f"inv_freq_{kind}", inverse_frequencies(spec, config.head_dim), persistent=False)
 
-    def cast(self, dtype: torch.dtype) -> "Decoder":
+    def cast(self, dtype: torch.dtype) -> Decoder:
         """Weights to ``dtype``; rope frequencies stay fp32 (recomputed, never rounded through ``dtype``)."""
         self.to(dtype)
         device = self.embed_tokens.weight.device
@@ -254,6 +366,7 @@ class Decoder(nn.Module):
         cache: KVCache | None = None,
         write_index: int = 0,
         prefix: KVCache | None = None,
+        gate: LatentGate | None = None,
     ) -> torch.Tensor:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -267,20 +380,23 @@ class Decoder(nn.Module):
         if cache is not None:
             cache.positions[:, write_index : write_index + x.shape[1]] = position_ids
             key_positions = cache.positions[:, : attention_mask.shape[-1]]
-        masks = self._masks_by_layer_type(attention_mask, position_ids, key_positions)
-        return self.run_layers(x, position_ids, masks, cache, write_index, prefix)
+        latent_keys = gate.keys if gate is not None else None
+        masks = self._masks_by_layer_type(attention_mask, position_ids, key_positions, latent_keys)
+        if self.kernel == "flex":
+            masks = {kind: FlexMask(mask) for kind, mask in masks.items()}
+        return self.run_layers(x, position_ids, masks, cache, write_index, prefix, gate)
 
-    def run_layers(self, x, position_ids, masks, cache=None, write_index=0, prefix=None) -> torch.Tensor:
+    def run_layers(self, x, position_ids, masks, cache=None, write_index=0, prefix=None, gate=None) -> torch.Tensor:
         """Every layer over input embeddings ``x`` with per-layer-type masks; final-norm hidden states.
 
         The shared core of ``forward`` and the exported graphs (which build their masks in-graph).
         """
         ropes = {kind: rope_tables(getattr(self, f"inv_freq_{kind}"), position_ids) for kind in self.config.rope}
         for layer, kind in zip(self.layers, self.config.layer_types):
-            x = layer(x, ropes[kind], masks[kind], cache, write_index, prefix)
+            x = layer(x, ropes[kind], masks[kind], cache, write_index, prefix, gate)
         return self.norm(x)
 
-    def use_graph_forms(self, enable: bool = True) -> "Decoder":
+    def use_graph_forms(self, enable: bool = True) -> Decoder:
         """Graph-friendly forms for export: ``explicit_attention`` instead of SDPA, dividing RMSNorms."""
         for layer in self.layers:
             layer.self_attn.explicit = enable
@@ -289,10 +405,13 @@ class Decoder(nn.Module):
                 module.divide = enable
         return self
 
-    def _masks_by_layer_type(self, mask, query_positions, key_positions) -> dict[str, torch.Tensor]:
-        """The caller's mask for full layers; for sliding layers also ``q_pos - k_pos < window``."""
+    def _masks_by_layer_type(self, mask, query_positions, key_positions, latent_keys=None) -> dict[str, torch.Tensor]:
+        """The caller's mask for full layers; for sliding layers also ``q_pos - k_pos < window`` (or a latent key)."""
         masks = {kind: mask[:, None] for kind in set(self.config.layer_types)}
         if SLIDING in masks:
             distance = query_positions[:, :, None] - key_positions[:, None, :]
-            masks[SLIDING] = (mask & (distance < self.config.sliding_window))[:, None]
+            within = distance < self.config.sliding_window
+            if latent_keys is not None:
+                within = within | latent_keys[:, None, :]
+            masks[SLIDING] = (mask & within)[:, None]
         return masks

@@ -12,16 +12,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from latentcache.contract.manifest import LATENT_SLOT, TOKEN_SLOT
 from latentcache.model.config import SLIDING, ModelConfig
-from latentcache.model.decoder import Decoder
+from latentcache.model.decoder import Decoder, LatentGate
 
 
-def cache_masks(config: ModelConfig, attention_mask: torch.Tensor, write_index: torch.Tensor, queries: int):
+def cache_masks(config: ModelConfig, attention_mask: torch.Tensor, write_index: torch.Tensor, queries: int,
+                position_ids: torch.Tensor | None = None):
     """Per-layer-type bool masks ``[batch, 1, queries, attend]`` for rows written at ``write_index + i``.
 
     A row sees valid slots at or before its own slot (and always itself, so padding rows are never empty);
-    sliding layers also need ``own slot - key slot < window``. Slots stand in for positions: within a
-    sequence, real tokens and latents occupy consecutive slots with consecutive positions.
+    sliding layers also need a key within the window. Without ``position_ids`` slots stand in for positions
+    (within a sequence, real tokens and latents occupy consecutive slots with consecutive positions). Gated
+    artifacts pass ``position_ids``: a re-fed token leaves slots and positions apart, so token keys are placed at
+    ``cumsum(token slots) - 1`` (a real token's position, padding or not) and latent keys are always in the
+    window, exactly as ``Decoder`` decides from the positions it stores.
     """
     span = attention_mask.shape[1]
     key_slots = torch.arange(span, device=attention_mask.device)
@@ -30,7 +35,13 @@ def cache_masks(config: ModelConfig, attention_mask: torch.Tensor, write_index: 
     full = (attention_mask.bool()[:, None, :] & (distance >= 0)) | (distance == 0)
     masks = {kind: full[:, None] for kind in set(config.layer_types)}
     if SLIDING in masks:
-        masks[SLIDING] = (full & (distance < config.sliding_window))[:, None]
+        if position_ids is None:
+            within = distance < config.sliding_window
+        else:
+            key_positions = torch.cumsum((attention_mask == TOKEN_SLOT).long(), dim=1) - 1
+            within = (position_ids[:, :, None] - key_positions[:, None, :]) < config.sliding_window
+            within = within | (attention_mask == LATENT_SLOT)[:, None, :]
+        masks[SLIDING] = (full & within)[:, None]
     return masks
 
 
@@ -58,22 +69,37 @@ def split_cache(cache: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[tor
 
 
 class BaseStep(nn.Module):
-    """``prefill`` (``with_embeds``) and ``decode``: new rows -> last-row fp32 logits and the present cache."""
+    """``prefill`` (``with_embeds``) and ``decode``: new rows -> last-row fp32 logits and the present cache.
 
-    def __init__(self, base: Decoder, update, with_embeds: bool) -> None:
+    ``latent_gate [layers, heads]`` (gated artifacts) biases the scores of keys whose ``attention_mask`` is
+    ``LATENT_SLOT``; without it the graph is the base's own, whatever the mask values.
+    """
+
+    def __init__(self, base: Decoder, update, with_embeds: bool, latent_gate: torch.Tensor | None = None) -> None:
         super().__init__()
         self.base, self.update, self.with_embeds = base.use_graph_forms(), update, with_embeds
+        self.register_buffer("latent_gate", None if latent_gate is None else latent_gate.detach().float().clone())
         self.eval()
 
     def forward(self, input_ids, position_ids, write_index, attention_mask, cache, inputs_embeds=None, embeds_mask=None):
         x = self.base.embed(input_ids)
         if self.with_embeds:
             x = torch.where(embeds_mask.bool()[..., None], inputs_embeds.to(x.dtype), x)
-        masks = cache_masks(self.base.config, attention_mask, write_index, x.shape[1])
+        gated = self.latent_gate is not None
+        masks = cache_masks(self.base.config, attention_mask, write_index, x.shape[1], position_ids if gated else None)
+        gate = LatentGate(self.latent_gate, attention_mask == LATENT_SLOT) if gated else None
         graph_cache = GraphCache(*split_cache(cache), self.update)
-        hidden = self.base.run_layers(x, position_ids, masks, graph_cache, write_index)
+        hidden = self.base.run_layers(x, position_ids, masks, graph_cache, write_index, gate=gate)
         logits = self.base.logits(hidden[:, -1]).float()
         return (logits, *graph_cache.flat())
+
+
+def base_steps(base: Decoder, update, coprocessor=None) -> dict[str, BaseStep]:
+    """The ``prefill`` and ``decode`` steps of artifacts exported with ``coprocessor`` (or none): one base, with
+    the coprocessor's latent gate when its variant has one (``refeed``'s is zero, ``gated``'s trained)."""
+    gate = None if coprocessor is None else coprocessor.latent_gate
+    return {"prefill": BaseStep(base, update, with_embeds=True, latent_gate=gate),
+            "decode": BaseStep(base, update, with_embeds=False, latent_gate=gate)}
 
 
 class CoprocessorStep(nn.Module):

@@ -27,7 +27,7 @@ class TorchBackend(Backend):
         except ImportError:
             raise BackendUnavailable("the torch backend needs PyTorch: pip install 'latentcache[train]'") from None
         from latentcache.model.checkpoint import load_models
-        from latentcache.model.graph_steps import BaseStep, CoprocessorStep
+        from latentcache.model.graph_steps import CoprocessorStep, base_steps
         from latentcache.model.kv_update import portable_update
 
         sources = manifest.sources
@@ -41,8 +41,7 @@ class TorchBackend(Backend):
         checkpoint = Path(sources["coprocessor"]) if sources.get("coprocessor") else None
         base, coprocessor = load_models(base_dir, checkpoint, to_short(manifest.dtype))
         self.dtype = getattr(torch, manifest.dtype)
-        self.steps = {"prefill": BaseStep(base, portable_update, True).to(self.device),
-                      "decode": BaseStep(base, portable_update, False).to(self.device)}
+        self.steps = {name: step.to(self.device) for name, step in base_steps(base, portable_update, coprocessor).items()}
         if coprocessor is not None:
             self.steps["coprocessor"] = CoprocessorStep(coprocessor).to(self.device)
         kv = manifest.kv

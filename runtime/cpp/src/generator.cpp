@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 
 namespace latentcache {
 
@@ -14,7 +15,8 @@ HostTensor int64s(std::vector<int64_t> shape) { return HostTensor(DType::Int64, 
 
 Generator::Generator(Backend& backend, const Manifest& manifest)
     : backend_(backend), manifest_(manifest), batch_(manifest.kv.batch), capacity_(manifest.kv.maxSeq),
-      valid_(static_cast<size_t>(batch_ * capacity_), 0), positions_(static_cast<size_t>(batch_), 0) {
+      valid_(static_cast<size_t>(batch_ * capacity_), 0), positions_(static_cast<size_t>(batch_), 0),
+      lastTokens_(static_cast<size_t>(batch_), 0) {
     const GraphSpec& prefill = manifest.graph("prefill");
     embedsDtype_ = prefill.tensor(role::inputsEmbeds).dtype;
     embedsMaskDtype_ = prefill.tensor(role::embedsMask).dtype;
@@ -57,6 +59,7 @@ const HostTensor& Generator::prefill(const std::vector<std::vector<int64_t>>& pr
             positions.data<int64_t>()[row * q + i] = real ? i - pad : 0;  // clip(cumsum(valid) - 1, 0)
         }
         positions_[static_cast<size_t>(row)] = static_cast<int64_t>(prompt.size());
+        lastTokens_[static_cast<size_t>(row)] = prompt.back();
     }
     Feeds extra;
     extra[role::inputsEmbeds] = HostTensor(embedsDtype_, {batch_, q, manifest_.hiddenSize});
@@ -77,20 +80,44 @@ HostTensor Generator::coprocess() {
 }
 
 const HostTensor& Generator::absorb(const HostTensor& latents) {
-    const int64_t count = latents.shape.at(1);
-    checkRoom(count);
+    const int64_t count = latents.shape.at(1), hidden = manifest_.hiddenSize;
+    const bool refeed = manifest_.refeeds();
+    const int64_t rows = count + (refeed ? 1 : 0);  // runtime/generator.py absorb: [latents, last token]
+    checkRoom(rows);
+    const HostTensor converted = convertFloat(latents, embedsDtype_);
+    HostTensor embeds(embedsDtype_, {batch_, rows, hidden}), flags(embedsMaskDtype_, {batch_, rows});
+    HostTensor ids = int64s({batch_, rows}), positions = int64s({batch_, rows});
+    const size_t rowBytes = static_cast<size_t>(count * hidden) * dtypeSize(embedsDtype_);
+    for (int64_t row = 0; row < batch_; ++row) {
+        std::memcpy(embeds.bytes.data() + row * rows * hidden * dtypeSize(embedsDtype_),
+                    converted.bytes.data() + row * rowBytes, rowBytes);
+        const size_t r = static_cast<size_t>(row);
+        for (int64_t i = 0; i < count; ++i) {
+            flags.data<int64_t>()[row * rows + i] = 1;
+            positions.data<int64_t>()[row * rows + i] = positions_[r] + i;
+            valid_[static_cast<size_t>(row * capacity_ + length_ + i)] = manifest_.latentSlotValue();
+        }
+        if (refeed) {  // the last token again at its own position; its old slot is emptied for this and later calls
+            ids.data<int64_t>()[row * rows + count] = lastTokens_[r];
+            positions.data<int64_t>()[row * rows + count] = positions_[r] - 1;
+            valid_[static_cast<size_t>(row * capacity_ + length_ - 1)] = kEmptySlot;
+            valid_[static_cast<size_t>(row * capacity_ + length_ + count)] = kTokenSlot;
+        }
+    }
     Feeds extra;
-    extra[role::inputsEmbeds] = convertFloat(latents, embedsDtype_);
-    HostTensor ones(embedsMaskDtype_, {batch_, count});
-    for (int64_t i = 0; i < ones.count(); ++i) ones.data<int64_t>()[i] = 1;
-    extra[role::embedsMask] = std::move(ones);
-    return append("prefill", int64s({batch_, count}), std::move(extra));
+    extra[role::inputsEmbeds] = std::move(embeds);
+    extra[role::embedsMask] = std::move(flags);
+    const HostTensor& logits = write("prefill", ids, positions, std::move(extra));
+    if (!refeed)
+        for (auto& p : positions_) p += count;  // a re-fed token keeps the next position where it was
+    return logits;
 }
 
 const HostTensor& Generator::decodeStep(const std::vector<int64_t>& tokens) {
     checkRoom(1);
     HostTensor ids = int64s({batch_, 1});
     std::copy(tokens.begin(), tokens.end(), ids.data<int64_t>());
+    lastTokens_ = tokens;
     return append("decode", ids, {});
 }
 

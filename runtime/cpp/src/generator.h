@@ -3,7 +3,8 @@
 // Host state of one request batch: `length` (the next cache slot, shared by all rows: prompts are
 // left-padded so every row's last prompt token sits in slot length - 1), `valid [batch, max_seq]` (the
 // graphs' attention_mask) and `positions [batch]` (next rope position per row). Latents after a context
-// ending at position p take positions p + 1 + i and the next cache slots.
+// ending at position p take positions p + 1 + i and the next cache slots; with a re-feeding augmentation
+// (manifest.refeeds()) the last token follows them again at position p, its old slot emptied.
 #pragma once
 
 #include <functional>
@@ -44,7 +45,7 @@ private:
     Backend& backend_;
     const Manifest& manifest_;
     int64_t batch_, capacity_, length_ = 0;
-    std::vector<int64_t> valid_, positions_;
+    std::vector<int64_t> valid_, positions_, lastTokens_;  // lastTokens_: the token in slot length_ - 1
     DType embedsDtype_, embedsMaskDtype_;
 };
 

@@ -173,10 +173,11 @@ static void checkIntegrity(const json& data, int version) {
 
 static Manifest parseManifest(const json& data) {
     const json& version = data.contains("version") ? data["version"] : json();
-    if (!version.is_number_integer() || version.get<int>() != kManifestVersion)
+    if (!version.is_number_integer() || version.get<int>() < kOldestManifestVersion ||
+        version.get<int>() > kManifestVersion)
         throw Error("manifest version " + (version.is_null() ? std::string("None") : version.dump()) +
-                    " is not supported by this runtime (reads version " + std::to_string(kManifestVersion) +
-                    "): re-export the artifacts with this latentcache version");
+                    " is not supported by this runtime (reads versions " + std::to_string(kOldestManifestVersion) +
+                    ", " + std::to_string(kManifestVersion) + "): re-export the artifacts with this latentcache version");
     checkIntegrity(data, version.get<int>());
     Manifest m;
     for (const auto& [name, graph] : data.at("graphs").items()) m.graphs[name] = parseGraph(graph);
@@ -195,6 +196,10 @@ static Manifest parseManifest(const json& data) {
     if (data.contains("chat_template") && data["chat_template"].is_string())
         m.chatTemplate = data["chat_template"].get<std::string>();
     if (data.contains("files")) m.files = data["files"].get<std::map<std::string, std::string>>();
+    if (version.get<int>() == 1)  // written before the variants: the paper's, when there is a coprocessor at all
+        m.augmentation = m.numLatents ? "paper" : "";
+    else
+        m.augmentation = data.at("augmentation").get<std::string>();
     // The same invariants as Manifest.__post_init__.
     if (m.kvUpdate != "inplace" && m.kvUpdate != "portable")
         throw Error("kv_update must be one of ('inplace', 'portable'), got '" + m.kvUpdate + "'");
@@ -202,6 +207,12 @@ static Manifest parseManifest(const json& data) {
         if (!m.hasGraph(needed)) throw Error(std::string("manifest lacks the ") + needed + " graph(s)");
     if ((m.numLatents > 0) != m.hasGraph("coprocessor"))
         throw Error("num_latents and the presence of the coprocessor graph disagree");
+    const bool known = m.numLatents ? (m.augmentation == "gated" || m.augmentation == "refeed" ||
+                                       m.augmentation == "paper")
+                                    : m.augmentation.empty();
+    if (!known)
+        throw Error("augmentation '" + m.augmentation + "' with " + std::to_string(m.numLatents) +
+                    " latents is not one this runtime knows: re-export the artifacts");
     return m;
 }
 

@@ -12,7 +12,10 @@
 
 namespace latentcache {
 
-constexpr int kManifestVersion = 1;  // latentcache/contract/manifest.py MANIFEST_VERSION
+constexpr int kManifestVersion = 2;  // latentcache/contract/manifest.py MANIFEST_VERSION
+constexpr int kOldestManifestVersion = 1;  // READABLE_VERSIONS: version 1 is the paper's augmentation
+// attention_mask values (EMPTY_SLOT, TOKEN_SLOT, LATENT_SLOT)
+constexpr int64_t kEmptySlot = 0, kTokenSlot = 1, kLatentSlot = 2;
 
 // The contract's roles (latentcache/contract/manifest.py); per-layer cache roles carry the layer in TensorSpec::layer.
 namespace role {
@@ -64,7 +67,11 @@ struct Manifest {
     std::vector<std::string> tokenizerFiles;
     std::optional<std::string> chatTemplate;  // a file in the artifacts directory
     std::map<std::string, std::string> files;  // file -> sha256
+    std::string augmentation;  // "gated" | "refeed" | "paper" with a coprocessor, else ""
 
+    // The runtime feeds the last token again after the latents and marks latent slots kLatentSlot.
+    bool refeeds() const { return augmentation == "gated" || augmentation == "refeed"; }
+    int64_t latentSlotValue() const { return refeeds() ? kLatentSlot : kTokenSlot; }
     bool hasGraph(const std::string& name) const { return graphs.count(name) > 0; }
     const GraphSpec& graph(const std::string& name) const;
     // The fixed named dimensions of the contract (latentcache/contract/manifest.py Manifest.named_sizes).
