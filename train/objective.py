@@ -169,8 +169,8 @@ def augmented_predictions(
     latents = coprocessor(cache, points, document_ids, context_len=tokens.shape[1])
     if latents_transform is not None:
         latents = latents_transform(latents)
-    return predict_groups(base, latents, cache, tokens, points, ahead, document_ids, coprocessor.variant,
-                          coprocessor.latent_gate)
+    owner = getattr(coprocessor, "module", coprocessor)  # under DDP the wrapper runs forward, the module holds the gate
+    return predict_groups(base, latents, cache, tokens, points, ahead, document_ids, owner.variant, owner.latent_gate)
 
 
 def baseline_logprobs(base: Decoder, tokens: torch.Tensor, points: torch.Tensor, ahead: int,
