@@ -79,6 +79,7 @@ def _build_all(trt, flavour: str, artifacts: Path, workspace_gb: float | None, s
         spec = manifest.graphs[graph]
         onnx_file = artifacts / spec.file
         started = time.perf_counter()
+        say(f"building {graph} ({spec.file}) ...")  # minutes for the largest graph: say what is running
         serialized, profiles = build_graph(trt, builder, logger, manifest, graph, onnx_file, workspace_gb, timing)
         seconds = time.perf_counter() - started
         data = memoryview(serialized)

@@ -243,8 +243,9 @@ def evaluate(**options) -> None:
 @click.option("--base", required=True, type=click.Path(path_type=Path), help="The frozen base checkpoint.")
 @click.option("--coprocessor", type=click.Path(path_type=Path), help="A trained coprocessor checkpoint directory.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifacts directory to write.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Default: bf16 for Gemma, else fp32.")
-@click.option("--max-seq", default=2048, show_default=True, type=int, help="kv-cache capacity in tokens.")
+@click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "bf16"]),
+              help="fp32 runs on every backend; bf16/fp16 halve the weights for TensorRT and ONNX Runtime CUDA.")
+@click.option("--max-seq", type=int, help="kv-cache capacity in tokens (default: min(2048, the model's positions)).")
 @click.option("--batch", default=1, show_default=True, type=int, help="Static batch of the graphs.")
 @click.option("--kv-update", default="inplace", show_default=True, type=click.Choice(["inplace", "portable"]),
               help="inplace: TensorScatter (TensorRT >= 10.15, ONNX Runtime); portable: plain ops (TensorRT 10.3).")

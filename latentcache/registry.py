@@ -21,6 +21,7 @@ from pathlib import Path
 from latentcache.contract.files import folder_lock, replace_directory, sha256_of, staging_directory
 from latentcache.errors import AssetError
 from latentcache.paths import cache_root
+from latentcache.progress import Steps
 
 COMPLETE_MARKER = ".latentcache-complete"
 
@@ -107,16 +108,19 @@ def convert_gguf(gguf: Path, destination: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print("dequantizing GGUF with transformers", file=sys.stderr)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    steps = Steps()
+    with steps.step("reading the GGUF tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with steps.step("dequantizing the GGUF weights to fp32 (transformers' GGUF loader)"):
+        quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     config = quantized.config
     del config.quantization_config  # save_pretrained refuses a "gguf-quantized" model otherwise
-    model = type(quantized)(config)
-    model.load_state_dict(quantized.state_dict())
-    model.tie_weights()
-    model.save_pretrained(destination)
-    tokenizer.save_pretrained(destination)
+    with steps.step(f"saving the checkpoint to {destination}"):
+        model = type(quantized)(config)
+        model.load_state_dict(quantized.state_dict())
+        model.tie_weights()
+        model.save_pretrained(destination)
+        tokenizer.save_pretrained(destination)
 
 
 def fetch(name: str, directory: Path | None = None, gguf: Path | None = None) -> Path:

@@ -13,6 +13,7 @@ import platform
 import resource
 import statistics
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from latentcache.contract.files import write_atomically
 from latentcache.errors import LatentcacheError
+from latentcache.progress import Steps
 from latentcache.runtime.generator import RequestStats
 from latentcache.runtime.pipeline import Pipeline
 
@@ -108,13 +110,20 @@ def environment(pipeline: Pipeline) -> dict:
 
 
 def run_bench(artifacts: Path, backend: str, config: BenchConfig, json_out: Path | None,
-              threads: int | None = None) -> dict:
-    pipeline = Pipeline(artifacts, backend, threads)
+              threads: int | None = None, progress: Callable[[str], None] | None = None) -> dict:
+    """Warm-up and timed requests (a line per request on stderr, or to ``progress``); the report as a dict."""
+    steps = Steps(progress)
+    with steps.step(f"loading {artifacts} on {backend}"):
+        pipeline = Pipeline(artifacts, backend, threads)
     check_room(pipeline, config)
     ids = prompt_ids(pipeline, config.prompt_tokens)
-    for _ in range(config.warmup):
-        one_request(pipeline, ids, config)
-    runs = [one_request(pipeline, ids, config) for _ in range(config.repetitions)]
+    for i in range(config.warmup):
+        with steps.step(f"warm-up request {i + 1} of {config.warmup}"):
+            one_request(pipeline, ids, config)
+    runs = []
+    for i in range(config.repetitions):
+        with steps.step(f"request {i + 1} of {config.repetitions}"):
+            runs.append(one_request(pipeline, ids, config))
     report = {"config": asdict(config), "artifacts": str(artifacts), "num_latents": pipeline.manifest.num_latents,
               "dtype": pipeline.manifest.dtype, "batch": pipeline.manifest.kv.batch,
               **summarize(runs, pipeline.manifest.kv.batch),

@@ -6,6 +6,8 @@ write indices, masks and positions are all exercised. Tolerance 1e-4 (fp32).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -116,3 +118,13 @@ def test_portable_lowering_uses_no_tensorscatter_and_matches_reference(portable)
             if augmented:
                 state = augment(portable.base, portable.coprocessor, state)
             assert tokens[row].tolist() == greedy_tokens(portable.base, state, 32)
+
+
+def test_artifacts_are_as_readable_as_other_model_files(exported):
+    """Published through a staging folder (mkdtemp makes 0700) and atomic writes (mkstemp makes 0600): the
+    artifacts still get the umask's usual modes, so the group can read them like any downloaded model."""
+    umask = os.umask(0)
+    os.umask(umask)
+    assert exported.artifacts.stat().st_mode & 0o777 == 0o777 & ~umask
+    for path in exported.artifacts.iterdir():
+        assert path.stat().st_mode & 0o444 & ~umask == 0o444 & ~umask, path.name

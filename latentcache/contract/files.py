@@ -166,6 +166,13 @@ def _acquire(path: Path, target: Path, wait: bool, what: str) -> int:
 
 # ---- atomic files and folders ----------------------------------------------------------------------------
 
+def current_umask() -> int:
+    """This process's umask (reading it means setting it: set it straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def write_atomically(path: Path, data: bytes | bytearray | memoryview | str) -> None:
     """Write ``path`` through a temporary sibling and a rename (text is written as UTF-8)."""
     path = Path(path)
@@ -174,9 +181,7 @@ def write_atomically(path: Path, data: bytes | bytearray | memoryview | str) -> 
         clean_stale_partials(path)
         handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.chmod(temp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the file the usual permissions
         with os.fdopen(handle, "wb") as file, _writable(path):
             file.write(data.encode() if isinstance(data, str) else data)
             file.flush()
@@ -200,6 +205,9 @@ def staging_directory(target: Path) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         clean_stale_partials(target)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-{os.getpid()}-"))
+        # mkdtemp creates 0700, and the rename publishes the folder as it is: give it a new folder's usual mode,
+        # so artifacts and checkpoints are as readable by the group as other model files.
+        os.chmod(staging, 0o777 & ~current_umask())
     try:
         with _writable(target):
             yield staging
