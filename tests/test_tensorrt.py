@@ -575,7 +575,10 @@ def check_build(artifacts: Path) -> list[Path]:
     paths = build_engines(artifacts, "tensorrt_rtx", progress=lines.append)
     manifest = contract.load_manifest(artifacts)
     assert sorted(p.stem for p in paths) == sorted(manifest.graphs) == ["coprocessor", "decode", "prefill"]
-    assert len(lines) == 1 + len(paths)
+    # One header, then per engine a line before building it (minutes on a big graph) and one after.
+    assert len(lines) == 1 + 2 * len(paths)
+    assert [line.split()[1] for line in lines[1::2]] == [p.stem for p in paths]
+    assert all(line.startswith("building ") and line.endswith(" ...") for line in lines[1::2])
     for path in paths:
         meta = EngineMetadata.read(path.with_suffix(".json"))
         assert path.stat().st_size == meta.engine_bytes > 0
