@@ -25,8 +25,8 @@ from latentcache.train.evaluate import PerplexityConfig, evaluate_perplexity
 from latentcache.train.run import _eos_id, _validation_sets
 
 
-def variants(gate_inits: list[float]) -> dict[str, dict]:
-    runs = {"paper": {"variant": "paper"}, "refeed": {"variant": "refeed"}}
+def variants(gate_inits: list[float], controls: bool = True) -> dict[str, dict]:
+    runs = {"paper": {"variant": "paper"}, "refeed": {"variant": "refeed"}} if controls else {}
     runs.update({f"gated {g:g}": {"variant": "gated", "gate_init": g} for g in gate_inits})
     return runs
 
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--points", type=int, default=16)
     parser.add_argument("--gate-init", type=float, action="append", default=None)
+    parser.add_argument("--gated-only", action="store_true", help="Skip the paper and refeed variants.")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     base = load_decoder(args.base)
@@ -47,7 +48,7 @@ def main() -> None:
     sets = _validation_sets(Path(args.base), (), args.seq_len, eos)
     report = {"base": args.base, "num_latents": args.num_latents, "sequences": args.sequences,
               "seq_len": args.seq_len, "points": args.points, "runs": {}}
-    for name, options in variants(args.gate_init or [-2.0, -4.0, -6.0, -8.0]).items():
+    for name, options in variants(args.gate_init or [-2.0, -4.0, -6.0, -8.0], not args.gated_only).items():
         coprocessor = Coprocessor(base, CoprocessorConfig(args.num_latents, **options), seed=0).eval()
         report["runs"][name] = {}
         for set_name, dataset in sets.items():

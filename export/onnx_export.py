@@ -228,18 +228,21 @@ def optimize_graph(model) -> None:
     """
     import onnx_ir as ir
     import onnx_ir.passes.common as common
-    from onnxscript import rewriter
-    from onnxscript.optimizer import _constant_folding
-    from onnxscript.rewriter import pattern
+    import onnxscript.optimizer
 
-    fold = _constant_folding
+    try:  # private names of onnxscript 0.7 (checked); where they moved, its public optimizer: same graph, slower
+        from onnxscript.optimizer import _constant_folding as fold
+        from onnxscript.rewriter import _DEFAULT_REWRITE_RULES, pattern
+    except ImportError:
+        onnxscript.optimizer.optimize_ir(model)
+        return
     ir.passes.Sequential(
         common.InlinePass(),
         fold.FoldConstantsPass(shape_inference=True, input_size_limit=fold.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
                                output_size_limit=fold.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT),
         common.RemoveUnusedNodesPass(),
     )(model)
-    for rule in rewriter._DEFAULT_REWRITE_RULES:
+    for rule in _DEFAULT_REWRITE_RULES:
         pattern.RewriteRuleSet([rule]).apply_to_model(model)
     ir.passes.Sequential(
         common.RemoveUnusedNodesPass(),
