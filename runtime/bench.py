@@ -113,9 +113,8 @@ def run_bench(artifacts: Path, backend: str, config: BenchConfig, json_out: Path
               threads: int | None = None, progress: Callable[[str], None] | None = None) -> dict:
     """Warm-up and timed requests (a line per request on stderr, or to ``progress``); the report as a dict."""
     steps = Steps(progress)
-    with steps.step(f"loading {artifacts} on {backend}"):
-        pipeline = Pipeline(artifacts, backend, threads)
-    check_room(pipeline, config)
+    pipeline = Pipeline(artifacts, backend, threads)
+    check_room(pipeline, config)  # before any line: a refused bench prints only its one-line error
     ids = prompt_ids(pipeline, config.prompt_tokens)
     for i in range(config.warmup):
         with steps.step(f"warm-up request {i + 1} of {config.warmup}"):

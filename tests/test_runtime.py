@@ -292,6 +292,8 @@ def test_cli_run_streams_only_the_answer_and_bench_writes_json(single, tmp_path)
                 "peak_rss_mib", "environment"):
         assert report[key] is not None, key
     assert report["decode_ms_p90"] >= report["decode_ms_median"] > 0
+    said = [line.split(": ")[0].removesuffix(" ...") for line in result.stderr.splitlines()]
+    assert said == [step for step in ("warm-up request 1 of 1", "request 1 of 2", "request 2 of 2") for _ in "ab"]
 
 
 def test_cli_export_refuses_non_empty_out_and_leaves_it(exported, tmp_path):
