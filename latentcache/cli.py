@@ -194,7 +194,7 @@ def generate(prompt: str, base: Path, max_new_tokens: int, temperature: float, t
 @click.option("--pause", is_flag=True, default=None, help="Train the pause-token control instead.")
 @click.option("--variant", type=click.Choice(["gated", "refeed", "paper"]),
               help="How the base reads the latents (default gated: harmless at step 0; paper: the literal method).")
-@click.option("--gate-init", type=FINITE, help="gated: the latent gate's initial logit bias (default -8, closed).")
+@click.option("--gate-init", type=FINITE, help="gated: the latent gate's initial logit bias (default -10, closed).")
 @click.option("--gate-lr", type=FINITE, help="gated: the gate's own learning rate (default 0.05).")
 @click.option("--attention", type=click.Choice(["auto", "sdpa", "flex"]), help="Training attention kernel.")
 @click.option("--eval-every", type=int)
