@@ -157,7 +157,10 @@ def test_eval_writes_the_table_json(workspace, trained, tmp_path, monkeypatch):
         for row, baseline in zip(run["rows"], runs["no-augmentation"]["rows"]):
             assert set(row) == {"position", "baseline_ppl", "augmented_ppl", "relative_change_pct", "targets",
                                 "ci95_low_pct", "ci95_high_pct"}
-            assert row["ci95_low_pct"] <= row["relative_change_pct"] <= row["ci95_high_pct"]
+            # Within rounding: an untrained gated coprocessor changes perplexity by ~1e-5 %, and then every
+            # resample gives the estimate itself, summed in another order.
+            slack = 1e-9
+            assert row["ci95_low_pct"] - slack <= row["relative_change_pct"] <= row["ci95_high_pct"] + slack
             assert row["targets"] == 2 * 2 and row["baseline_ppl"] == baseline["baseline_ppl"] > 1
     assert all(row["relative_change_pct"] == 0 for row in runs["no-augmentation"]["rows"])
     arc, mmlu = report["benchmarks"]["run"]["arc-easy"], report["benchmarks"]["run"]["mmlu"]

@@ -136,6 +136,7 @@ def bootstrap_interval(base_nll: torch.Tensor, aug_nll: torch.Tensor, points_per
     """
     generator = torch.Generator().manual_seed(seed)
     picks = torch.randint(0, base_nll.shape[0], (resamples, base_nll.shape[0]), generator=generator)
+    base_nll, aug_nll = base_nll.double(), aug_nll.double()  # a change of 1e-5 % must not drown in fp32 rounding
     change = torch.expm1((aug_nll[picks] - base_nll[picks]).sum(dim=1) / (base_nll.shape[0] * points_per_sequence))
     low, high = torch.quantile(change * 100.0, torch.tensor([0.025, 0.975], dtype=change.dtype), dim=0)
     return low, high
