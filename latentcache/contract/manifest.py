@@ -56,6 +56,7 @@ LOGITS, LATENTS = "logits", "latents"
 #   sliding windows by token positions and bias the scores of latent keys by a learned gate (fixed at zero here);
 # - "gated": "refeed" with a trained gate. "" when there is no coprocessor.
 AUGMENTATIONS = ("gated", "refeed", "paper")
+REFEEDING = ("gated", "refeed")  # the augmentations that feed the last token again after the latents
 EMPTY_SLOT, TOKEN_SLOT, LATENT_SLOT = 0, 1, 2  # attention_mask values
 
 
@@ -169,7 +170,7 @@ class Manifest:
     @property
     def refeeds(self) -> bool:
         """Whether the runtime feeds the last token again after absorbing the latents."""
-        return self.augmentation in ("gated", "refeed")
+        return self.augmentation in REFEEDING
 
     @property
     def latent_slot_value(self) -> int:

@@ -29,17 +29,14 @@ from __future__ import annotations
 
 import torch
 
-VARIANTS = ("gated", "refeed", "paper")
+from latentcache.contract.manifest import AUGMENTATIONS, REFEEDING
+
+VARIANTS = AUGMENTATIONS  # the manifest's ``augmentation`` names the variant the artifacts were exported with
 
 
 def refeeds(variant: str) -> bool:
     """Whether ``variant`` feeds the last context token again after the latents."""
-    return variant in ("gated", "refeed")
-
-
-def check_variant(variant: str) -> None:
-    if variant not in VARIANTS:
-        raise ValueError(f"augmentation variant must be one of {', '.join(VARIANTS)}, got '{variant}'")
+    return variant in REFEEDING
 
 
 def group_positions(points: torch.Tensor, group_len: int) -> torch.Tensor:
