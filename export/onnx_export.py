@@ -2,7 +2,8 @@
 
 Everything is written to a temporary sibling directory and renamed into place at the end, so an
 interrupted export never leaves a directory that looks valid. Large weights of all graphs go to one
-``weights.bin`` with content de-duplication: the base's weights are stored once for prefill and decode.
+``weights.bin`` with content de-duplication: the base's weights are stored once for prefill and decode, and
+for the coprocessor too when it is LoRA (unmerged: its graph multiplies by the base's weights plus its adapters).
 """
 
 from __future__ import annotations
@@ -49,10 +50,23 @@ class ExportConfig:
     max_seq: int | None = None  # None: min(DEFAULT_MAX_SEQ, the model's positions)
     batch: int = 1
     kv_update: str = "inplace"
+    weights: str = "float"  # "float": weights in --dtype; "int8"/"int4": weight-only quantized (export.quantize)
+    # A LoRA coprocessor's adapters: "unmerged" keeps them beside the base's own weights (stored once with the
+    # base's in weights.bin); "merged" folds them into a second full copy (one MatMul per projection).
+    lora: str = "unmerged"
     force: bool = False
 
     def __post_init__(self) -> None:
+        from latentcache.export.quantize import QUANTIZED_BITS
+
         dtypes.from_short(self.dtype)
+        if self.weights not in ("float", *QUANTIZED_BITS):
+            raise LatentcacheError(f"--weights must be float, {' or '.join(QUANTIZED_BITS)}, got '{self.weights}'")
+        if self.weights in QUANTIZED_BITS and self.dtype != "fp32":
+            raise LatentcacheError(f"--weights {self.weights} keeps fp32 activations: drop --dtype {self.dtype} "
+                                   "(quantized weights with fp16 activations are not exported yet)")
+        if self.lora not in ("unmerged", "merged"):
+            raise LatentcacheError(f"--lora must be unmerged or merged, got '{self.lora}'")
         if self.kv_update not in contract.KV_UPDATES:
             raise LatentcacheError(f"--kv-update must be one of {', '.join(contract.KV_UPDATES)}, got '{self.kv_update}'")
         if self.max_seq is not None and self.max_seq < 8:
@@ -194,9 +208,12 @@ def _with_shape(spec: contract.TensorSpec, dim: str, value: int) -> contract.Ten
     return contract.TensorSpec(spec.name, spec.role, spec.dtype, shape, spec.layer)
 
 
-def export_graph(plan: GraphPlan, opset: int, store: WeightStore, directory: Path):
-    """Export one graph, move its weights to the shared store, check it, and return its ``GraphSpec``."""
+def export_graph(plan: GraphPlan, opset: int, store: WeightStore, directory: Path, weights: str = "float"):
+    """Export one graph (its MatMul weights quantized unless ``weights`` is "float"), move its weights to the
+    shared store, check it, and return its ``GraphSpec``."""
     import onnx
+
+    from latentcache.export.quantize import QUANTIZED_BITS, quantize_weights
 
     names_in = [s.name for s in plan.inputs]
     names_out = [s.name for s in plan.outputs]
@@ -207,6 +224,8 @@ def export_graph(plan: GraphPlan, opset: int, store: WeightStore, directory: Pat
         )
     optimize_graph(program.model)
     model = program.model_proto
+    if weights in QUANTIZED_BITS:  # identical base weights quantize to identical bytes: still stored once
+        model = quantize_weights(model, weights)
     check_io(model, plan)
     store.externalize(model)
     path = directory / f"{plan.name}.onnx"
@@ -344,14 +363,15 @@ def export_artifacts(config: ExportConfig, progress: Callable[[str], None] | Non
         short = config.dtype
         check_export_size(config, short)
         with steps.step("loading the models"):
-            base, coprocessor = load_models(config.base, config.coprocessor, short)
+            base, coprocessor = load_models(config.base, config.coprocessor, short, merge=config.lora == "merged")
         dtype = getattr(torch, dtypes.from_short(short))
         with staging_directory(out) as staging:
             store = WeightStore(staging / WEIGHTS_FILE)
             graphs = {}
             for plan in plan_graphs(base, coprocessor, config, dtype):
-                with steps.step(f"exporting {plan.name}.onnx ({config.kv_update} kv update, {dtypes.from_short(short)})"):
-                    graphs[plan.name] = export_graph(plan, OPSET[config.kv_update], store, staging)
+                form = dtypes.from_short(short) if config.weights == "float" else f"{config.weights} weights"
+                with steps.step(f"exporting {plan.name}.onnx ({config.kv_update} kv update, {form})"):
+                    graphs[plan.name] = export_graph(plan, OPSET[config.kv_update], store, staging, config.weights)
             tokenizer_files, template = copy_tokenizer(Path(config.base), staging)
             manifest = build_manifest(base, coprocessor, config, dtype, graphs, tokenizer_files, template, staging)
             (staging / contract.MANIFEST_FILE).write_text(manifest.to_json())
@@ -375,6 +395,7 @@ def check_export_size(config: ExportConfig, short: str) -> None:
 
 
 def build_manifest(base, coprocessor, config, dtype, graphs, tokenizer_files, template, staging) -> contract.Manifest:
+    from latentcache.export.quantize import weights_description
     from latentcache.model.kv_update import OPSET
 
     mc = base.config
@@ -385,6 +406,7 @@ def build_manifest(base, coprocessor, config, dtype, graphs, tokenizer_files, te
         kv=contract.KVSpec(mc.num_layers, mc.num_kv_heads, mc.head_dim, config.max_seq, config.batch, dtype_name),
         model=mc.to_dict(),
         dtype=dtype_name,
+        weights=weights_description(config.weights if config.weights != "float" else config.dtype, dtype_name),
         kv_update=config.kv_update,
         hidden_size=mc.hidden_size,
         vocab_size=mc.vocab_size,

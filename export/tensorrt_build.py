@@ -58,7 +58,7 @@ def build_engines(artifacts: Path, backend: str = "auto", workspace_gb: float | 
         raise LatentcacheError(f"--workspace must be a positive number of GiB, got {workspace_gb}")
     trt, flavour = load_tensorrt(backend)
     artifacts = Path(artifacts)
-    contract.load_manifest(artifacts)  # a clear error for a bad folder before taking its lock
+    contract.load_manifest(artifacts).require_consumer("tensorrt")  # clear errors before taking the folder's lock
     # One writer per artifacts folder: an export replacing it meanwhile would delete these engines.
     with folder_lock(artifacts, what=" (an export or another build on these artifacts)"):
         return _build_all(trt, flavour, artifacts, workspace_gb, say)

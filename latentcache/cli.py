@@ -245,8 +245,14 @@ def evaluate(**options) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifacts directory to write.")
 @click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "bf16"]),
               help="fp32 runs on every backend; bf16/fp16 halve the weights for TensorRT and ONNX Runtime CUDA.")
+@click.option("--weights", default="float", show_default=True, type=click.Choice(["float", "int8", "int4"]),
+              help="float: weights in --dtype; int4/int8: weight-only quantized MatMul weights (fp32 activations; "
+                   "int4 runs on ONNX Runtime and TensorRT, int8 on ONNX Runtime).")
 @click.option("--max-seq", type=int, help="kv-cache capacity in tokens (default: min(2048, the model's positions)).")
 @click.option("--batch", default=1, show_default=True, type=int, help="Static batch of the graphs.")
+@click.option("--lora", default="unmerged", show_default=True, type=click.Choice(["unmerged", "merged"]),
+              help="A LoRA coprocessor: unmerged keeps its adapters beside the base's weights (stored once); merged "
+                   "folds them into a second full copy.")
 @click.option("--kv-update", default="inplace", show_default=True, type=click.Choice(["inplace", "portable"]),
               help="inplace: TensorScatter (TensorRT >= 10.15, ONNX Runtime); portable: plain ops (TensorRT 10.3).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")

@@ -6,7 +6,7 @@ and head: closed, the latents would hardly change a token and the parity tests w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,8 +22,10 @@ class Exported:
     artifacts: Path
     base_dir: Path
     checkpoint: Path
-    base: object  # the reference Decoder (fp32)
-    coprocessor: object  # the reference Coprocessor (LoRA unmerged)
+    base: object  # the reference Decoder (fp32; with quantized weights, the graphs' own dequantized values)
+    coprocessor: object  # the reference Coprocessor (LoRA unmerged; merged with quantized weights)
+    backend_options: dict = field(default_factory=dict)  # what an ONNX Runtime backend needs to match the reference
+    atol: float = 1e-4  # fp32 graphs against the fp32 reference
 
 
 def save_random_coprocessor(base_dir: Path, out: Path, num_latents: int = NUM_LATENTS, seed: int = 0,
@@ -51,8 +53,9 @@ def save_random_coprocessor(base_dir: Path, out: Path, num_latents: int = NUM_LA
 
 
 def export_tiny(arch: str, directory: Path, kv_update: str = "inplace", batch: int = 2, max_seq: int = 64,
-                dtype: str = "fp32", variant: str = "gated") -> Exported:
+                dtype: str = "fp32", variant: str = "gated", weights: str = "float") -> Exported:
     from latentcache.export.onnx_export import ExportConfig, export_artifacts
+    from latentcache.export.quantize import load_graph_weights
     from latentcache.model.checkpoint import load_coprocessor
 
     base_dir = directory / "base"
@@ -61,8 +64,14 @@ def export_tiny(arch: str, directory: Path, kv_update: str = "inplace", batch: i
     checkpoint = save_random_coprocessor(base_dir, directory / "coprocessor", variant=variant)
     artifacts = export_artifacts(
         ExportConfig(base=base_dir, out=directory / "artifacts", coprocessor=checkpoint, dtype=dtype,
-                     max_seq=max_seq, batch=batch, kv_update=kv_update),
+                     max_seq=max_seq, batch=batch, kv_update=kv_update, weights=weights),
         progress=lambda message: None,
     )
     base, coprocessor = load_coprocessor(checkpoint, base_dir)
-    return Exported(artifacts, base_dir, checkpoint, base, coprocessor)
+    if weights == "float":
+        return Exported(artifacts, base_dir, checkpoint, base, coprocessor)
+    load_graph_weights(artifacts, base, coprocessor)  # the reference computes with the graphs' weights
+    # int4 runs fp32 products on request: exact. int8's MatMulNBits always quantizes activations (its fast path),
+    # ~1 % per product on the tiny models: 3e-2 still fails a wrong weight layout or a broken graph by orders.
+    return Exported(artifacts, base_dir, checkpoint, base, coprocessor, {"int8_activations": False},
+                    atol=1e-4 if weights == "int4" else 3e-2)

@@ -27,11 +27,21 @@ ATOL = 1e-4
 DEFAULT_SET = ("llama-gqa-tied", "mistral-sliding", "gemma2")
 
 
+# Weight-only quantized graphs, against the reference holding the graphs' dequantized weights.
+QUANTIZED = [("llama-gqa-tied", "int4"), ("qwen2-bias", "int8"), pytest.param(("gemma2", "int4"), marks=pytest.mark.slow)]
+
+
 @pytest.fixture(scope="module", params=[
     arch if arch in DEFAULT_SET else pytest.param(arch, marks=pytest.mark.slow) for arch in ARCHITECTURES
-])
+] + QUANTIZED, ids=lambda p: "-".join(p) if isinstance(p, tuple) else p)
 def exported(request, tmp_path_factory):
-    return export_tiny(request.param, tmp_path_factory.mktemp(request.param), kv_update="inplace")
+    arch, weights = request.param if isinstance(request.param, tuple) else (request.param, "float")
+    return export_tiny(arch, tmp_path_factory.mktemp(f"{arch}-{weights}"), kv_update="inplace", weights=weights)
+
+
+def backend(exported):
+    return OnnxRuntimeBackend(exported.artifacts, load_manifest(exported.artifacts), separate_decode=True,
+                              **exported.backend_options)
 
 
 def test_every_graph_passes_checker_and_shape_inference(exported):
@@ -45,22 +55,22 @@ def test_every_graph_passes_checker_and_shape_inference(exported):
 
 
 def test_prefill_logits_and_cache_match_reference(exported):
-    generator = Generator(OnnxRuntimeBackend(exported.artifacts, load_manifest(exported.artifacts), separate_decode=True))
+    generator = Generator(backend(exported))
     logits = generator.prefill(PROMPTS)
     longest = max(map(len, PROMPTS))
     for row, prompt in enumerate(PROMPTS):
         state = prefill(exported.base, prompt, 64)
         expected = exported.base.logits(state.hidden)[0].numpy()
-        assert np.abs(logits[row] - expected).max() <= ATOL
+        assert np.abs(logits[row] - expected).max() <= exported.atol
         for layer in range(exported.base.config.num_layers):
             keys, values = generator.backend.read_cache(layer)
             pad = longest - len(prompt)
-            assert np.abs(keys[row, :, pad:longest] - state.cache.keys[layer][0, :, : len(prompt)].numpy()).max() <= ATOL
-            assert np.abs(values[row, :, pad:longest] - state.cache.values[layer][0, :, : len(prompt)].numpy()).max() <= ATOL
+            assert np.abs(keys[row, :, pad:longest] - state.cache.keys[layer][0, :, : len(prompt)].numpy()).max() <= exported.atol
+            assert np.abs(values[row, :, pad:longest] - state.cache.values[layer][0, :, : len(prompt)].numpy()).max() <= exported.atol
 
 
 def test_latents_absorbed_cache_and_16_decode_steps_match_reference(exported):
-    generator = Generator(OnnxRuntimeBackend(exported.artifacts, load_manifest(exported.artifacts), separate_decode=True))
+    generator = Generator(backend(exported))
     generator.prefill(PROMPTS)
     latents = generator.coprocess()
     logits = generator.absorb(latents)
@@ -71,12 +81,12 @@ def test_latents_absorbed_cache_and_16_decode_steps_match_reference(exported):
         state = prefill(exported.base, prompt, 64)
         points = torch.tensor([[len(prompt) - 1]])
         expected = exported.coprocessor(state.cache, points, context_len=len(prompt))[0].numpy()
-        assert np.abs(latents[row] - expected).max() <= ATOL, "coprocessor latents"
+        assert np.abs(latents[row] - expected).max() <= exported.atol, "coprocessor latents"
         state = augment(exported.base, exported.coprocessor, state)
-        assert np.abs(logits[row] - exported.base.logits(state.hidden)[0].numpy()).max() <= ATOL, "logits after absorb"
+        assert np.abs(logits[row] - exported.base.logits(state.hidden)[0].numpy()).max() <= exported.atol, "logits after absorb"
         keys, _ = generator.backend.read_cache(exported.base.config.num_layers - 1)
         ref = state.cache.keys[-1][0, :, len(prompt): len(prompt) + n_latents].numpy()
-        assert np.abs(keys[row, :, longest: longest + n_latents] - ref).max() <= ATOL, "absorbed cache"
+        assert np.abs(keys[row, :, longest: longest + n_latents] - ref).max() <= exported.atol, "absorbed cache"
         states.append(state)
     tokens = np.array([7, 11])
     for step in range(16):
@@ -84,13 +94,13 @@ def test_latents_absorbed_cache_and_16_decode_steps_match_reference(exported):
         for row, state in enumerate(states):
             states[row] = advance(exported.base, state, torch.tensor([int(tokens[row])]))
             hidden = states[row].hidden
-            assert np.abs(logits[row] - exported.base.logits(hidden)[0].numpy()).max() <= ATOL, f"decode step {step}"
+            assert np.abs(logits[row] - exported.base.logits(hidden)[0].numpy()).max() <= exported.atol, f"decode step {step}"
         tokens = (tokens * 5 + step) % 90 + 3
 
 
 @pytest.mark.parametrize("augmented", [False, True])
 def test_greedy_32_tokens_equal_reference_pipeline(exported, augmented):
-    generator = Generator(OnnxRuntimeBackend(exported.artifacts, load_manifest(exported.artifacts), separate_decode=True))
+    generator = Generator(backend(exported))
     policy = EndOfPrompt() if augmented else None
     tokens = np.stack(list(generator.generate(PROMPTS, 32, policy=policy)), axis=1)
     for row, prompt in enumerate(PROMPTS):
@@ -128,3 +138,61 @@ def test_artifacts_are_as_readable_as_other_model_files(exported):
     assert exported.artifacts.stat().st_mode & 0o777 == 0o777 & ~umask
     for path in exported.artifacts.iterdir():
         assert path.stat().st_mode & 0o444 & ~umask == 0o444 & ~umask, path.name
+
+
+@pytest.mark.parametrize("weights", ["int4", "int8"])
+def test_quantized_graphs_store_every_projection_once_and_say_so(tmp_path, weights):
+    """Every projection (the LM head included) quantized, base weights shared by prefill and decode on disk, and the
+    manifest naming the form and the backends that read it."""
+    quantized = export_tiny("llama-gqa-tied", tmp_path / weights, weights=weights)
+    manifest = load_manifest(quantized.artifacts)
+    assert manifest.weight_format == weights and manifest.weights["block_size"] == 32
+    assert manifest.readable_by("onnxruntime") and manifest.readable_by("tensorrt") == (weights == "int4")
+    layers = quantized.base.config.num_layers
+    for graph in ("prefill", "decode"):
+        model = onnx.load(str(quantized.artifacts / f"{graph}.onnx"), load_external_data=False)
+        op = "DequantizeLinear" if weights == "int4" else "MatMulNBits"
+        assert sum(n.op_type == op for n in model.graph.node) == 7 * layers + 1
+        float_weights = [t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and
+                         len(t.dims) == 2 and t.name.endswith(".weight.T")]
+        assert not float_weights
+    names = {t.name: t for t in onnx.load(str(quantized.artifacts / "decode.onnx"), load_external_data=False).graph.initializer}
+    prefill = onnx.load(str(quantized.artifacts / "prefill.onnx"), load_external_data=False)
+    shared = [t for t in prefill.graph.initializer if t.name.endswith("_Q4" if weights == "int4" else "_Q8")]
+    assert shared and all({e.key: e.value for e in t.external_data} ==
+                          {e.key: e.value for e in names[t.name].external_data} for t in shared)  # one copy on disk
+
+
+def test_quantized_weights_keep_fp32_activations(tmp_path):
+    from latentcache.errors import LatentcacheError
+    from latentcache.export.onnx_export import ExportConfig
+
+    with pytest.raises(LatentcacheError, match="--weights int4 keeps fp32 activations: drop --dtype fp16"):
+        ExportConfig(base=tmp_path / "b", out=tmp_path / "o", dtype="fp16", weights="int4")
+    with pytest.raises(LatentcacheError, match="--weights must be float, int4 or int8, got 'int3'"):
+        ExportConfig(base=tmp_path / "b", out=tmp_path / "o", weights="int3")
+
+
+def test_unmerged_lora_equals_merged_and_adds_only_the_adapters_on_disk(tmp_path):
+    """The default LoRA export multiplies by the base's own weights (stored once) plus the adapters; the merged one
+    by a folded second copy. Same latents within fp32 rounding; on disk the coprocessor costs about its adapters."""
+    from latentcache.export.onnx_export import ExportConfig, export_artifacts
+    from latentcache.model.lora import LoRALinear
+
+    unmerged = export_tiny("llama-gqa-tied", tmp_path / "unmerged")
+    folders = {"unmerged": unmerged.artifacts}
+    for name, options in (("merged", {"coprocessor": unmerged.checkpoint, "lora": "merged"}), ("base", {})):
+        folders[name] = export_artifacts(ExportConfig(base=unmerged.base_dir, out=tmp_path / name, max_seq=64, batch=2,
+                                                      **options), progress=lambda _: None)
+    latents = {}
+    for name in ("unmerged", "merged"):
+        generator = Generator(OnnxRuntimeBackend(folders[name], load_manifest(folders[name])))
+        generator.prefill(PROMPTS)
+        latents[name] = generator.coprocess().copy()  # a view of the backend's output buffer otherwise
+    assert np.abs(latents["unmerged"] - latents["merged"]).max() <= ATOL
+    size = {name: (folder / "weights.bin").stat().st_size for name, folder in folders.items()}  # tensors >= 1 KiB
+    adapters = sum(p.numel() * p.element_size() for m in unmerged.coprocessor.modules() if isinstance(m, LoRALinear)
+                   for p in (m.lora_a, m.lora_b))
+    base_linears = sum(p.numel() * 4 for n, p in unmerged.base.named_parameters() if "layers" in n and p.dim() == 2)
+    assert size["merged"] - size["base"] > base_linears / 2  # a second copy of the projections (layer 0 q/k/v fold)
+    assert size["unmerged"] - size["base"] < 2 * adapters, (size, adapters)  # adapters, soft tokens' folded keys

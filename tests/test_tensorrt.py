@@ -543,26 +543,28 @@ def make_checkpoint(base: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """``export(arch, kv_update, dtype="fp32") -> artifacts`` with prefill, decode and coprocessor graphs."""
+    """``export(arch, kv_update, dtype="fp32", weights="float") -> artifacts`` with prefill, decode and coprocessor
+    graphs."""
     from latentcache.export.onnx_export import ExportConfig, export_artifacts
     from tests.tiny import build_tiny, save_tiny_tokenizer
 
     root, bases, done = tmp_path_factory.mktemp("trt"), {}, {}
 
-    def export(arch: str, kv_update: str, dtype: str = "fp32") -> Path:
-        if (arch, kv_update, dtype) in done:
-            return done[arch, kv_update, dtype]
+    def export(arch: str, kv_update: str, dtype: str = "fp32", weights: str = "float") -> Path:
+        key = (arch, kv_update, dtype, weights)
+        if key in done:
+            return done[key]
         if arch not in bases:
             base = root / arch / "base"
             build_tiny(arch, base)
             save_tiny_tokenizer(base)
             bases[arch] = (base, make_checkpoint(base, root / arch / "coprocessor"))
         base, coprocessor = bases[arch]
-        out = root / arch / f"{kv_update}-{dtype}"
-        done[arch, kv_update, dtype] = export_artifacts(ExportConfig(
-            base=base, out=out, coprocessor=coprocessor, max_seq=64, kv_update=kv_update, dtype=dtype),
-            progress=lambda _: None)
-        return done[arch, kv_update, dtype]
+        out = root / arch / f"{kv_update}-{dtype}-{weights}"
+        done[key] = export_artifacts(ExportConfig(
+            base=base, out=out, coprocessor=coprocessor, max_seq=64, kv_update=kv_update, dtype=dtype,
+            weights=weights), progress=lambda _: None)
+        return done[key]
 
     return export
 
@@ -621,6 +623,30 @@ def test_every_architecture_builds_with_tensorrt_rtx(exported, arch):
 def test_fp16_exports_build_with_tensorrt_rtx(exported, arch):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
     check_build(exported(arch, "inplace", "fp16"))
+
+
+def test_int4_weights_build_with_tensorrt_rtx(exported):
+    """Blockwise int4 DequantizeLinear + MatMul is standard ONNX: TensorRT parses it as weight-only int4."""
+    trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
+    from latentcache.tensorrt_support import make_logger, network_flags
+
+    artifacts = exported(FAST_ARCH, "inplace", weights="int4")
+    check_build(artifacts)
+    logger = make_logger(trt)
+    network = trt.Builder(logger).create_network(network_flags(trt))
+    assert trt.OnnxParser(network, logger).parse_from_file(str(artifacts / "decode.onnx"))
+    dequantize = [network.get_layer(i) for i in range(network.num_layers)
+                  if network.get_layer(i).type == trt.LayerType.DEQUANTIZE]
+    assert len(dequantize) == 7 * contract.load_manifest(artifacts).kv.num_layers + 1  # every projection, the LM head
+
+
+def test_int8_weights_are_refused_for_tensorrt_with_the_fix(exported):
+    from latentcache.export.tensorrt_build import build_engines
+
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
+    with pytest.raises(contract.ManifestError, match="int8 weights in a form only onnxruntime reads: re-export with "
+                                                     "--weights int4"):
+        build_engines(exported(FAST_ARCH, "inplace", weights="int8"), "tensorrt_rtx")
 
 
 def test_timing_cache_and_workspace_options(exported, tmp_path):

@@ -32,12 +32,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from latentcache.contract.dtypes import NAMES as DTYPES
+from latentcache.contract.dtypes import to_short
 from latentcache.contract.files import sha256_of
 from latentcache.errors import LatentcacheError
 
 # Version 2 added ``augmentation`` (how the base reads the latents); version-1 artifacts are the paper's variant.
-MANIFEST_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# Version 3 added ``weights`` (float or weight-only quantized, and which backends read the graphs).
+MANIFEST_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_FILE = "manifest.json"
 GRAPHS = ("prefill", "decode", "coprocessor")
 KV_UPDATES = ("inplace", "portable")
@@ -150,6 +152,9 @@ class Manifest:
     sources: dict = field(default_factory=dict)  # where base/coprocessor came from (the torch reference backend)
     version: int = MANIFEST_VERSION
     augmentation: str = ""  # one of AUGMENTATIONS with a coprocessor, else ""
+    # How the graphs store weights: {"format": "fp32"|"fp16"|"bf16"|"int8"|"int4", "consumers": [backends that read
+    # the graphs], and for int formats bits, block_size, symmetric, method, form}. Before version 3: the dtype.
+    weights: dict = field(default_factory=dict)
     # sha256 of the manifest's own canonical JSON without this field (``to_json`` fills it): detects an edited
     # or damaged manifest. A checksum, not a signature: whoever can edit the file can recompute it.
     integrity: str = ""
@@ -166,6 +171,21 @@ class Manifest:
         if self.augmentation not in expected:
             raise ManifestError(f"augmentation '{self.augmentation}' with {self.num_latents} latents: expected one of "
                                 f"{expected}; re-export the artifacts")
+
+    @property
+    def weight_format(self) -> str:
+        return self.weights.get("format") or to_short(self.dtype)
+
+    def readable_by(self, consumer: str) -> bool:
+        """Whether ``consumer`` ("onnxruntime" or "tensorrt") can run these graphs (int8 weights are ONNX Runtime's)."""
+        return consumer in self.weights.get("consumers", ("onnxruntime", "tensorrt"))
+
+    def require_consumer(self, consumer: str) -> None:
+        """A one-line error unless ``consumer`` can run these graphs."""
+        if not self.readable_by(consumer):
+            readers = ", ".join(self.weights.get("consumers", ())) or "no backend"
+            raise ManifestError(f"these artifacts hold {self.weight_format} weights in a form only {readers} reads: "
+                                f"re-export with --weights int4 (or float) for {consumer}")
 
     @property
     def refeeds(self) -> bool:

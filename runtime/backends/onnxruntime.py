@@ -11,6 +11,11 @@ Memory: every session holds its own (prepacked) copy of its weights, so by defau
 prefill session (one token, no embedding rows): one copy of the base instead of two, at the same speed on
 ONNX Runtime (the static decode graph exists for TensorRT's CUDA graphs). ``separate_decode=True`` loads
 ``decode.onnx`` as well (the parity tests do).
+
+Quantized weights (``--weights int4``): ONNX Runtime fuses each DequantizeLinear + MatMul into MatMulNBits as
+it loads the graph and, by default, multiplies in int8 (activations quantized per block on the fly, its
+``accuracy_level`` 4: the fast CPU path); ``int8_activations=False`` keeps fp32 products, so the graph computes
+exactly what its dequantized weights define.
 """
 
 from __future__ import annotations
@@ -98,7 +103,7 @@ class OnnxRuntimeBackend(Backend):
     device = "cpu"
 
     def __init__(self, artifacts: Path, manifest: contract.Manifest, threads: int | None = None,
-                 separate_decode: bool = False) -> None:
+                 separate_decode: bool = False, int8_activations: bool = True) -> None:
         super().__init__(artifacts, manifest)
         ort = import_onnxruntime()
         if self.provider not in ort.get_available_providers():
@@ -108,6 +113,8 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         options.log_severity_level = 3  # TensorScatter logs a warning per call when it has to copy
         options.intra_op_num_threads = threads or default_threads()
+        if not int8_activations:  # int4 graphs: fp32 products in the fused MatMulNBits (the parity tests' setting)
+            options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
         self.decode_on_prefill = not separate_decode
         kv = manifest.kv
         check_memory(cache_bytes(kv.num_layers, kv.batch, kv.num_kv_heads, kv.max_seq, kv.head_dim,

@@ -177,7 +177,7 @@ static Manifest parseManifest(const json& data) {
         version.get<int>() > kManifestVersion)
         throw Error("manifest version " + (version.is_null() ? std::string("None") : version.dump()) +
                     " is not supported by this runtime (reads versions " + std::to_string(kOldestManifestVersion) +
-                    ", " + std::to_string(kManifestVersion) + "): re-export the artifacts with this latentcache version");
+                    " to " + std::to_string(kManifestVersion) + "): re-export the artifacts with this latentcache version");
     checkIntegrity(data, version.get<int>());
     Manifest m;
     for (const auto& [name, graph] : data.at("graphs").items()) m.graphs[name] = parseGraph(graph);

@@ -12,7 +12,7 @@
 
 namespace latentcache {
 
-constexpr int kManifestVersion = 2;  // latentcache/contract/manifest.py MANIFEST_VERSION
+constexpr int kManifestVersion = 3;  // latentcache/contract/manifest.py MANIFEST_VERSION
 constexpr int kOldestManifestVersion = 1;  // READABLE_VERSIONS: version 1 is the paper's augmentation
 // attention_mask values (EMPTY_SLOT, TOKEN_SLOT, LATENT_SLOT)
 constexpr int64_t kEmptySlot = 0, kTokenSlot = 1, kLatentSlot = 2;

@@ -1,0 +1,217 @@
+"""Weight-only int4/int8 for the exported graphs, through ONNX Runtime's own quantizer (no hand-written kernels).
+
+- ``int4``: every MatMul weight (the LM head included) becomes standard ONNX ``DequantizeLinear`` (int4, blocks of
+  ``BLOCK_SIZE`` along the reduction axis, opset 21) feeding the MatMul. One graph serves every consumer: ONNX
+  Runtime fuses DequantizeLinear + MatMul into its MatMulNBits kernel when it loads the graph (checked on 1.32: the
+  optimized graph holds MatMulNBits only, 0.14 ms against 1.9 ms for a 2048x8192 fp32 GEMV), TensorRT reads the
+  standard operators (weight-only int4).
+- ``int8``: ONNX Runtime's MatMulNBits with 8 bits (its quantizer writes 8-bit weights in that form only, and
+  ONNX Runtime runs unfused int8 DequantizeLinear + MatMul slower than fp32): an ONNX Runtime graph; TensorRT
+  builds refuse it and say to export int4 or a float format for TensorRT.
+Embeddings (Gather) stay in the export dtype: a decode step reads one row of them, so they cost memory, not
+bandwidth (ONNX Runtime's GatherBlockQuantized would shrink them but no other consumer reads it).
+Round-to-nearest, asymmetric blocks: what the quantizer does without calibration data.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import logging
+from pathlib import Path
+
+QUANTIZED_BITS = {"int4": 4, "int8": 8}
+BLOCK_SIZE = 32  # llama.cpp's Q4_0/Q4_1 block, onnxruntime-genai's int4 default for CPU is 32 as well
+CONSUMERS = {"int4": ("onnxruntime", "tensorrt"), "int8": ("onnxruntime",)}
+
+
+def weights_description(weights: str, dtype: str) -> dict:
+    """The manifest's ``weights`` entry: how the graphs store their weights and who can run them."""
+    if weights not in QUANTIZED_BITS:
+        return {"format": weights, "consumers": ["onnxruntime", "tensorrt"]}
+    form = ("DequantizeLinear (int4, blockwise along K) + MatMul; ONNX Runtime fuses it into MatMulNBits"
+            if weights == "int4" else "com.microsoft MatMulNBits (8 bits)")
+    return {"format": weights, "bits": QUANTIZED_BITS[weights], "block_size": BLOCK_SIZE, "symmetric": False,
+            "method": "round-to-nearest", "form": form, "quantized": "every MatMul weight, the LM head included",
+            "unquantized": f"embeddings, norms, biases ({dtype})", "consumers": list(CONSUMERS[weights])}
+
+
+def quantize_weights(model, weights: str):
+    """``model`` (an ONNX ModelProto with in-memory weights) with its MatMul weights quantized to ``weights``."""
+    with quiet_quantizer():
+        from onnxruntime.quantization import QuantFormat
+        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    lm_head_as_matmul(model)
+    name_weights_after_modules(model)
+    initializers = {t.name for t in model.graph.initializer}
+    # Only nn.Linear weights: LoRA adapters (x @ A^T @ B^T, rank 16: 2 % of a projection's bytes) stay as exported.
+    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in initializers
+              and not n.input[1].endswith(WEIGHT_SUFFIX)]
+    config = DefaultWeightOnlyQuantConfig(
+        # int8's MatMulNBits multiplies in int8 only at accuracy level 4 (196 ms per SmolLM2 decode step in fp32:
+        # it dequantizes every weight per call); int4's level is the session's (it fuses at load, default 4).
+        block_size=BLOCK_SIZE, is_symmetric=weights == "int4", bits=QUANTIZED_BITS[weights],
+        accuracy_level=4 if weights == "int8" else None,
+        quant_format=QuantFormat.QDQ if weights == "int4" else QuantFormat.QOperator,
+        op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),),
+    )
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=others, algo_config=config)
+    with quiet_quantizer():
+        quantizer.process()
+    return quantizer.model.model
+
+
+def lm_head_as_matmul(model) -> None:
+    """Rewrite ``Gemm(x, W, transB=1)`` with a constant ``W`` (how the exporter writes ``nn.Linear`` on a 2-D input,
+    the LM head's) as ``MatMul(x, W^T)``: the quantizer reads MatMul only, and the LM head is the largest weight
+    a decode step reads (a fifth of SmolLM2-135M). ``W`` itself stays for the embedding Gather that ties to it."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "Gemm" or node.input[1] not in initializers or attributes.get("transA", 0) \
+                or attributes.get("alpha", 1.0) != 1.0 or (len(node.input) > 2 and attributes.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]])
+        transposed = f"{node.input[1]}.T"
+        model.graph.initializer.append(numpy_helper.from_array(
+            np.ascontiguousarray(weight.T if attributes.get("transB", 0) else weight), transposed))
+        biased = len(node.input) > 2 and bool(node.input[2])
+        product = f"{node.output[0]}.product" if biased else node.output[0]
+        matmul = helper.make_node("MatMul", [node.input[0], transposed], [product], name=f"{node.name}.matmul")
+        matmul.metadata_props.extend(node.metadata_props)  # module names: how a reader maps weights to parameters
+        nodes.append(matmul)
+        if biased:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}.bias"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+WEIGHT_SUFFIX = ".weight.T"  # a MatMul weight is the transpose of its nn.Linear's weight
+
+
+def module_of(node) -> str | None:
+    """The ``nn.Linear`` a MatMul node came from, as the exporter's name scopes record it
+    (``[..., "base.layers.0.self_attn", "base.layers.0.self_attn.q_proj", "linear"]``)."""
+    scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+    if not scopes:
+        return None
+    names = ast.literal_eval(scopes)
+    return names[-2] if len(names) >= 2 and names[-1].startswith("linear") else None
+
+
+def name_weights_after_modules(model) -> None:
+    """Rename each MatMul weight ``<module>.weight.T`` (the exporter names them ``val_<n>``): the quantizer keeps
+    the name as a prefix of its outputs, so a reader of the graph knows which parameter each quantized tensor is
+    (``dequantized_linears``, the reference for the parity tests). A weight shared by several MatMuls keeps the
+    first one's module name."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    renamed: dict[str, str] = {}
+    for node in model.graph.node:
+        module = module_of(node) if node.op_type == "MatMul" else None
+        weight = node.input[1] if len(node.input) > 1 else ""
+        if module and weight in initializers and weight not in renamed:
+            renamed[weight] = module + WEIGHT_SUFFIX
+    taken = set(initializers) - set(renamed)
+    for old, new in list(renamed.items()):
+        if new in taken:  # two weights from one module (cannot happen for nn.Linear): leave the second alone
+            del renamed[old]
+        taken.add(new)
+    for tensor in model.graph.initializer:
+        tensor.name = renamed.get(tensor.name, tensor.name)
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+
+
+def dequantized_linears(graph: str | Path) -> dict[str, "np.ndarray"]:
+    """``{module: weight [out, in] fp32}`` for every quantized MatMul weight of an exported graph, decoded by ONNX
+    Runtime's own kernels (the DequantizeLinear node, or MatMulNBits times an identity, in fp32): the exact values
+    the graph multiplies by, to load into the PyTorch reference so a parity test checks the graph, not the rounding."""
+    import numpy as np
+    import onnx
+
+    model = onnx.load(str(graph))
+    initializers = {t.name: t for t in model.graph.initializer}
+    weights = {}
+    for node in model.graph.node:
+        source = node.input[1] if node.op_type == "MatMulNBits" else node.input[0]  # the quantized weight
+        if not source.startswith(tuple(initializers)) or WEIGHT_SUFFIX not in source:
+            continue
+        module = source[: source.index(WEIGHT_SUFFIX)]
+        if node.op_type == "DequantizeLinear":
+            weights[module] = _run_alone(model, node, initializers).T
+        elif node.op_type == "MatMulNBits":
+            k = next(a.i for a in node.attribute if a.name == "K")
+            eye = np.eye(k, dtype=np.float32)
+            weights[module] = _run_alone(model, node, initializers, eye).T
+    return weights
+
+
+def load_graph_weights(artifacts: str | Path, base, coprocessor=None) -> None:
+    """Put quantized artifacts' dequantized weights into the PyTorch reference ``base`` (and ``coprocessor``, its
+    adapters merged first when export merged them): it then computes what the graphs compute, up to fp32 order of
+    operations. Raises ``ValueError`` unless every linear the graphs quantized is found (and every base linear)."""
+    import torch
+
+    from latentcache.model.lora import merge_lora
+
+    targets = [("prefill.onnx", "base.", base)]
+    if coprocessor is not None and coprocessor.network is not None:
+        targets.append(("coprocessor.onnx", "coprocessor.network.", coprocessor.network))
+    for graph, prefix, model in targets:
+        weights = {name.removeprefix(prefix): value for name, value in dequantized_linears(Path(artifacts) / graph).items()}
+        if graph == "coprocessor.onnx" and not any(name.endswith(".base") for name in weights):
+            merge_lora(model)  # exported --lora merged (or a full fine-tune: nothing to merge)
+        linears = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+        # The coprocessor has no LM head, and layer 0's q/k/v of its constant soft tokens fold into constants.
+        missing = linears - set(weights) if graph == "prefill.onnx" else set()
+        if missing or set(weights) - linears:
+            raise ValueError(f"{graph}: quantized weights and the model's linears differ: "
+                             f"{sorted(missing | (set(weights) - linears))[:4]}")
+        with torch.no_grad():
+            for name, value in weights.items():  # a new Parameter: unties an LM head from the embedding
+                model.get_submodule(name).weight = torch.nn.Parameter(torch.from_numpy(value.copy()), requires_grad=False)
+
+
+def _run_alone(model, node, initializers, activation=None):
+    """Run one node of ``model`` by itself on ONNX Runtime (fp32 compute) and return its output."""
+    import onnx
+    import onnxruntime
+    from onnx import helper
+
+    inputs, feeds, graph_inputs = [name for name in node.input if name], {}, []
+    if activation is not None:  # MatMulNBits: input 0 is the activation, the rest are initializers
+        feeds[node.input[0]] = activation
+        graph_inputs.append(helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, list(activation.shape)))
+        inputs = inputs[1:]
+    single = helper.make_node(node.op_type, list(node.input), ["out"], domain=node.domain,
+                              **{a.name: helper.get_attribute_value(a) for a in node.attribute
+                                 if a.name != "accuracy_level"})
+    graph = helper.make_graph([single], "one", graph_inputs, [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)],
+                              [initializers[name] for name in inputs])
+    alone = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # no fusion: this node only
+    session = onnxruntime.InferenceSession(alone.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+@contextlib.contextmanager
+def quiet_quantizer():
+    """The quantizer logs a line per weight at INFO, and importing it configures the root logger at INFO (every
+    later library's INFO lines would reach stderr); export prints its own progress. Both are put back."""
+    root, logger = logging.getLogger(), logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    handlers, root_level, level = root.handlers[:], root.level, logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.handlers[:], root.level = handlers, root_level
+        logger.setLevel(level)
