@@ -272,9 +272,9 @@ def _coprocessor_config(state: dict, directory: Path):
         raise CheckpointError(f"{directory}/state.json: {error}") from None
 
 
-def load_models(base_dir: Path, checkpoint: Path | None, dtype: str):
-    """``(base, coprocessor or None)`` in ``dtype`` (``fp32``/``fp16``/``bf16``), LoRA merged into plain weights:
-    what export traces and the torch backend runs."""
+def load_models(base_dir: Path, checkpoint: Path | None, dtype: str, merge: bool = True):
+    """``(base, coprocessor or None)`` in ``dtype`` (``fp32``/``fp16``/``bf16``): what export traces and the torch
+    backend runs. ``merge``: LoRA folded into plain weights (else the adapters stay beside the base weights)."""
     from latentcache.model.lora import merge_lora
 
     torch_dtype = getattr(torch, from_short(dtype))
@@ -282,7 +282,8 @@ def load_models(base_dir: Path, checkpoint: Path | None, dtype: str):
         return load_decoder(base_dir, dtype=torch_dtype), None
     base, coprocessor = load_coprocessor(checkpoint, base_dir)
     if coprocessor.network is not None:
-        merge_lora(coprocessor.network)
+        if merge:
+            merge_lora(coprocessor.network)
         coprocessor.network.cast(torch_dtype)
     coprocessor.soft_tokens.data = coprocessor.soft_tokens.data.to(torch_dtype)
     return base.cast(torch_dtype), coprocessor
