@@ -61,7 +61,7 @@ class ExportConfig:
 
         dtypes.from_short(self.dtype)
         if self.weights not in ("float", *QUANTIZED_BITS):
-            raise LatentcacheError(f"--weights must be float, {' or '.join(QUANTIZED_BITS)}, got '{self.weights}'")
+            raise LatentcacheError(f"--weights must be float, {', '.join(QUANTIZED_BITS)}, got '{self.weights}'")
         if self.weights in QUANTIZED_BITS and self.dtype != "fp32":
             raise LatentcacheError(f"--weights {self.weights} keeps fp32 activations: drop --dtype {self.dtype} "
                                    "(quantized weights with fp16 activations are not exported yet)")
@@ -225,7 +225,9 @@ def export_graph(plan: GraphPlan, opset: int, store: WeightStore, directory: Pat
     optimize_graph(program.model)
     model = program.model_proto
     if weights in QUANTIZED_BITS:  # identical base weights quantize to identical bytes: still stored once
-        model = quantize_weights(model, weights)
+        model = quantize_weights(model, weights)  # reads the exporter's module names from the node metadata
+    for node in model.graph.node:  # the exporter's stack traces and FX text: most of a graph file's bytes, and paths
+        del node.metadata_props[:]  # of the machine that exported it
     check_io(model, plan)
     store.externalize(model)
     path = directory / f"{plan.name}.onnx"

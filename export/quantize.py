@@ -23,16 +23,17 @@ from pathlib import Path
 QUANTIZED_BITS = {"int4": 4, "int8": 8}
 BLOCK_SIZE = 32  # llama.cpp's Q4_0/Q4_1 block, onnxruntime-genai's int4 default for CPU is 32 as well
 CONSUMERS = {"int4": ("onnxruntime", "tensorrt"), "int8": ("onnxruntime",)}
+FORMS = {"int4": "DequantizeLinear (int4, symmetric blocks along K) + MatMul; ONNX Runtime fuses it into MatMulNBits",
+         "int8": "com.microsoft MatMulNBits (8 bits)"}
 
 
 def weights_description(weights: str, dtype: str) -> dict:
     """The manifest's ``weights`` entry: how the graphs store their weights and who can run them."""
     if weights not in QUANTIZED_BITS:
         return {"format": weights, "consumers": ["onnxruntime", "tensorrt"]}
-    form = ("DequantizeLinear (int4, blockwise along K) + MatMul; ONNX Runtime fuses it into MatMulNBits"
-            if weights == "int4" else "com.microsoft MatMulNBits (8 bits)")
-    return {"format": weights, "bits": QUANTIZED_BITS[weights], "block_size": BLOCK_SIZE, "symmetric": False,
-            "method": "round-to-nearest", "form": form, "quantized": "every MatMul weight, the LM head included",
+    return {"format": weights, "bits": QUANTIZED_BITS[weights], "block_size": BLOCK_SIZE,
+            "symmetric": weights == "int4", "method": "round-to-nearest",
+            "form": FORMS[weights], "quantized": "every MatMul weight, the LM head included",
             "unquantized": f"embeddings, norms, biases ({dtype})", "consumers": list(CONSUMERS[weights])}
 
 
@@ -48,9 +49,10 @@ def quantize_weights(model, weights: str):
     # Only nn.Linear weights: LoRA adapters (x @ A^T @ B^T, rank 16: 2 % of a projection's bytes) stay as exported.
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in initializers
               and not n.input[1].endswith(WEIGHT_SUFFIX)]
+    # int8's MatMulNBits multiplies in int8 only at accuracy level 4 (196 ms per SmolLM2 decode step in fp32: it
+    # dequantizes every weight per call); int4's level is the session's (it fuses at load, default 4). int4 is
+    # symmetric: TensorRT reads signed int4 without zero points only (uint4 + zero points fail to import).
     config = DefaultWeightOnlyQuantConfig(
-        # int8's MatMulNBits multiplies in int8 only at accuracy level 4 (196 ms per SmolLM2 decode step in fp32:
-        # it dequantizes every weight per call); int4's level is the session's (it fuses at load, default 4).
         block_size=BLOCK_SIZE, is_symmetric=weights == "int4", bits=QUANTIZED_BITS[weights],
         accuracy_level=4 if weights == "int8" else None,
         quant_format=QuantFormat.QDQ if weights == "int4" else QuantFormat.QOperator,

@@ -71,7 +71,8 @@ def export_tiny(arch: str, directory: Path, kv_update: str = "inplace", batch: i
     if weights == "float":
         return Exported(artifacts, base_dir, checkpoint, base, coprocessor)
     load_graph_weights(artifacts, base, coprocessor)  # the reference computes with the graphs' weights
-    # int4 runs fp32 products on request: exact. int8's MatMulNBits always quantizes activations (its fast path),
-    # ~1 % per product on the tiny models: 3e-2 still fails a wrong weight layout or a broken graph by orders.
+    # int4 runs fp32 products on request: exact. int8's MatMulNBits always quantizes
+    # activations (its fast path), ~1 % per product on the tiny models: 3e-2 still fails a wrong weight layout or a
+    # broken graph by orders.
     return Exported(artifacts, base_dir, checkpoint, base, coprocessor, {"int8_activations": False},
                     atol=1e-4 if weights == "int4" else 3e-2)

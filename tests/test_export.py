@@ -169,7 +169,7 @@ def test_quantized_weights_keep_fp32_activations(tmp_path):
 
     with pytest.raises(LatentcacheError, match="--weights int4 keeps fp32 activations: drop --dtype fp16"):
         ExportConfig(base=tmp_path / "b", out=tmp_path / "o", dtype="fp16", weights="int4")
-    with pytest.raises(LatentcacheError, match="--weights must be float, int4 or int8, got 'int3'"):
+    with pytest.raises(LatentcacheError, match="--weights must be float, int4, int8, got 'int3'"):
         ExportConfig(base=tmp_path / "b", out=tmp_path / "o", weights="int3")
 
 

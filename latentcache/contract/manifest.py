@@ -180,11 +180,12 @@ class Manifest:
         """Whether ``consumer`` ("onnxruntime" or "tensorrt") can run these graphs (int8 weights are ONNX Runtime's)."""
         return consumer in self.weights.get("consumers", ("onnxruntime", "tensorrt"))
 
-    def require_consumer(self, consumer: str) -> None:
-        """A one-line error unless ``consumer`` can run these graphs."""
+    def require_consumer(self, consumer: str, error: type[Exception] = ManifestError) -> None:
+        """A one-line ``error`` unless ``consumer`` can run these graphs (a backend raises BackendUnavailable, so
+        ``--backend auto`` goes on to the next)."""
         if not self.readable_by(consumer):
             readers = ", ".join(self.weights.get("consumers", ())) or "no backend"
-            raise ManifestError(f"these artifacts hold {self.weight_format} weights in a form only {readers} reads: "
+            raise error(f"these artifacts hold {self.weight_format} weights in a form only {readers} reads: "
                                 f"re-export with --weights int4 (or float) for {consumer}")
 
     @property

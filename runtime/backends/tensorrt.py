@@ -260,7 +260,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, artifacts: Path, manifest: Manifest, flavour: str = "auto", device: int = 0) -> None:
         super().__init__(artifacts, manifest)
-        manifest.require_consumer("tensorrt")
+        manifest.require_consumer("tensorrt", BackendUnavailable)
         self.flavour = resolve_flavour(self.artifacts, flavour)
         self.trt, _ = load_tensorrt(self.flavour)
         self.name = self.flavour
