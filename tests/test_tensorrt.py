@@ -649,6 +649,16 @@ def test_int8_weights_are_refused_for_tensorrt_with_the_fix(exported):
         build_engines(exported(FAST_ARCH, "inplace", weights="int8"), "tensorrt_rtx")
 
 
+def test_the_tensorrt_backend_passes_int8_artifacts_on_to_the_next_backend(exported):
+    """``--backend auto`` tries TensorRT first: int8 artifacts make it unavailable (not an error), naming the fix."""
+    from latentcache.errors import BackendUnavailable
+    from latentcache.runtime.backends.tensorrt import TensorRTBackend
+
+    artifacts = exported(FAST_ARCH, "inplace", weights="int8")
+    with pytest.raises(BackendUnavailable, match="only onnxruntime reads: re-export with --weights int4"):
+        TensorRTBackend(artifacts, contract.load_manifest(artifacts))
+
+
 def test_timing_cache_and_workspace_options(exported, tmp_path):
     """TensorRT's timing cache and workspace limit go through the same API on RTX (where timing is a no-op)."""
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
