@@ -186,7 +186,7 @@ class Manifest:
         if not self.readable_by(consumer):
             readers = ", ".join(self.weights.get("consumers", ())) or "no backend"
             raise error(f"these artifacts hold {self.weight_format} weights in a form only {readers} reads: "
-                                f"re-export with --weights int4 (or float) for {consumer}")
+                        f"re-export with --weights int4 (or float) for {consumer}")
 
     @property
     def refeeds(self) -> bool:
