@@ -498,3 +498,50 @@ def test_cli_choices_are_the_runtime_names():
     assert cli.BACKENDS == ("auto", *BACKENDS)
     assert set(cli.POLICIES) == set(POLICIES) - {"none"}
     assert cli.TASKS == TASKS
+
+
+def test_fixed_shape_runs_give_the_same_tokens_and_logits(exported, single):
+    """The CUDA-graph path (inputs in buffers bound once, masks padded to the capacity) run on the CPU."""
+    for artifacts in (exported, single):
+        manifest = load_manifest(artifacts.artifacts)
+        plain = OnnxRuntimeBackend(artifacts.artifacts, manifest)
+        fixed = OnnxRuntimeBackend(artifacts.artifacts, manifest, fixed_shapes=True)
+        graphs = {graph for graph, _ in fixed.fixed}
+        # mistral-sliding's coprocessor keeps variable shapes: a padded span would move its soft tokens
+        assert graphs == {"prefill"}
+        prompts = PROMPTS[: manifest.kv.batch]
+        for policy in (None, EveryN(5), EndOfPrompt()):  # a shorter mask after longer ones: stale padding would show
+            runs = []
+            for backend in (plain, fixed):
+                generator, stats = Generator(backend), RequestStats()
+                steps = list(generator.generate(prompts, 12, policy=policy, stats=stats))
+                runs.append((np.stack(steps, axis=1), generator.decode_step(steps[-1]), stats))
+            (tokens, logits, _), (fixed_tokens, fixed_logits, stats) = runs
+            assert (tokens == fixed_tokens).all()
+            np.testing.assert_allclose(fixed_logits, logits, atol=1e-4)
+            if isinstance(policy, EveryN):
+                assert len(stats.augment_s) == 3  # over 12 tokens: the fixed absorb ran three times
+    with pytest.raises(LatentcacheError, match="fixed-shape run takes"):
+        fixed.run("decode", {"input_ids": np.zeros((1, 1), np.int64), "position_ids": np.zeros((1, 1), np.int64),
+                             "write_index": np.zeros(1, np.int64), "attention_mask": np.zeros((1, 200), np.int64)})
+
+
+def test_cuda_graph_ids_are_distinct_per_shape_and_buffer_set(tmp_path):
+    """The capture bookkeeping, run on the CPU (its provider ignores the ids): each fixed shape, and each cache
+    buffer set of the ping-pong lowering (a capture bakes in addresses), replays its own ``gpu_graph_id`` >= 1;
+    variable-shape runs skip capture (-1); the warm-up captures leave a zeroed cache and the same tokens."""
+    from latentcache.runtime.backends.onnxruntime import OnnxRuntimeCudaBackend
+
+    portable = export_tiny("qwen2-bias", tmp_path, kv_update="portable", batch=2, max_seq=48)
+    manifest = load_manifest(portable.artifacts)
+    captured = OnnxRuntimeBackend(portable.artifacts, manifest, cuda_graphs=True)
+    ids = [int(o.get_run_config_entry("gpu_graph_id")) for run in captured.fixed.values() for o in run.options]
+    assert len(ids) == 2 * len(captured.fixed) == 4 and len(set(ids)) == 4 and min(ids) >= 1
+    assert captured.run_options.get_run_config_entry("gpu_graph_id") == "-1"
+    assert all(not value.numpy().any() for buffers in captured.caches for value in buffers)
+    plain = OnnxRuntimeBackend(portable.artifacts, manifest)
+    for policy in (None, EveryN(4)):
+        assert (tokens_of(Generator(captured), policy, 10) == tokens_of(Generator(plain), policy, 10)).all()
+    assert OnnxRuntimeCudaBackend.provider_options(captured, "prefill") == {"enable_cuda_graph": "1"}
+    assert OnnxRuntimeCudaBackend.provider_options(captured, "coprocessor") == {}  # refused by ONNX Runtime 1.31
+    assert "CUDA graphs" in captured.describe() and "CUDA graphs" not in plain.describe()

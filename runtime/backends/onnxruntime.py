@@ -16,6 +16,18 @@ Quantized weights (``--weights int4``): ONNX Runtime fuses each DequantizeLinear
 it loads the graph and, by default, multiplies in int8 (activations quantized per block on the fly, its
 ``accuracy_level`` 4: the fast CPU path); ``int8_activations=False`` keeps fp32 products, so the graph computes
 exactly what its dequantized weights define.
+
+Fixed shapes and CUDA graphs (``fixed_shapes``; on by default on CUDA, where it is what ``cuda_graphs`` needs):
+decode steps and absorbs run from input buffers allocated once on the device at one shape each,
+with the attention mask padded to the whole capacity (free slots are masked like any other) and the outputs in
+fixed device buffers. That is what ONNX Runtime's CUDA graphs require (``enable_cuda_graph``: every input and
+output of a captured run at the same address and shape; several captures per session under their own
+``gpu_graph_id``, 0 reserved, -1 skipping capture: ``onnxruntime_run_options_config_keys.h``). Each step then
+costs a few small host-to-device copies and one graph launch instead of hundreds of kernel launches; prefill,
+whose length varies, runs as before, and so does the coprocessor (ONNX Runtime 1.31 places a few of its nodes on
+the CPU and then refuses to capture it). On the CPU the same path runs without capture (the tests prove the
+padding and the buffers there); it is off by default there, where attending the whole capacity costs more than
+launches do.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import numpy as np
 from latentcache.arrays import HOST_DTYPES
 from latentcache.contract import dtypes
 from latentcache.contract import manifest as contract
+from latentcache.errors import LatentcacheError
 from latentcache.limits import cache_bytes, check_memory
 from latentcache.runtime.backend import Backend, BackendUnavailable
 
@@ -103,8 +116,10 @@ class OnnxRuntimeBackend(Backend):
     device = "cpu"
 
     def __init__(self, artifacts: Path, manifest: contract.Manifest, threads: int | None = None,
-                 separate_decode: bool = False, int8_activations: bool = True) -> None:
+                 separate_decode: bool = False, int8_activations: bool = True, fixed_shapes: bool = False,
+                 cuda_graphs: bool = False) -> None:
         super().__init__(artifacts, manifest)
+        self.cuda_graphs = cuda_graphs
         ort = import_onnxruntime()
         if self.provider not in ort.get_available_providers():
             raise BackendUnavailable(self.missing_provider_message(ort))
@@ -121,7 +136,7 @@ class OnnxRuntimeBackend(Backend):
                                  np.dtype(dtype).itemsize) * (2 if manifest.kv_update == "portable" else 1),
                      f"the kv-cache of {self.artifacts}", "re-export with a smaller --batch or --max-seq")
         self.sessions = {
-            name: self._session(spec, options)
+            name: self._session(name, spec, options)
             for name, spec in manifest.graphs.items() if not (name == "decode" and self.decode_on_prefill)
         }
         buffers = 2 if manifest.kv_update == "portable" else 1
@@ -145,12 +160,47 @@ class OnnxRuntimeBackend(Backend):
         embeds_dtype = numpy_dtype(manifest.graphs["prefill"].tensor(contract.INPUTS_EMBEDS).dtype)
         self.decode_rows = {contract.INPUTS_EMBEDS: np.zeros((batch, 1, hidden), embeds_dtype),
                             contract.EMBEDS_MASK: np.zeros((batch, 1), dtype=np.int64)}
+        self.fixed: dict[tuple[str, int], FixedShapeRun] = {}
+        if fixed_shapes or cuda_graphs:
+            self.fixed = {(run.graph, run.query): run for run in self._fixed_runs()}
+        self.run_options = self._run_options(-1) if cuda_graphs else None  # variable shapes: never captured
+        if cuda_graphs:
+            self._capture()
 
-    def _session(self, spec: contract.GraphSpec, options):
+    captured_graphs = ("prefill", "decode")
+
+    def _fixed_runs(self) -> list[FixedShapeRun]:
+        """Decode (on its session) and the absorb of latents (prefill at ``Capacity.per_augmentation`` rows), each
+        at one shape. Not the coprocessor: besides ONNX Runtime's refusal, padding its span would move its soft
+        tokens (they sit right after the span) out of a sliding window."""
+        manifest, runs = self.manifest, []
+        runs.append(("prefill" if self.decode_on_prefill else "decode", 1))
+        if manifest.num_latents:
+            runs.append(("prefill", manifest.num_latents + int(manifest.refeeds)))
+        return [FixedShapeRun(self, graph, query, graph_id=1 + index) for index, (graph, query) in enumerate(runs)]
+
+    def _run_options(self, graph_id: int):
+        options = self.ort.RunOptions()
+        options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        return options
+
+    def _capture(self) -> None:
+        """Capture every fixed-shape run now, on zero inputs: ONNX Runtime records a graph on the second run of
+        an id (the first allocates its memory); capturing here keeps it out of the first request (and away from
+        a coprocessor thread), and the zeroed cache afterwards is a fresh one."""
+        for run in self.fixed.values():
+            for _ in range(2):
+                run.run({})
+        self.reset()
+
+    def provider_options(self, graph: str) -> dict[str, str]:
+        return {}
+
+    def _session(self, graph: str, spec: contract.GraphSpec, options):
         path = self.artifacts / spec.file
         if not path.is_file():
             raise contract.ManifestError(f"{path} is missing: re-export the artifacts")
-        session = self.ort.InferenceSession(str(path), options, providers=[self.provider])
+        session = self.ort.InferenceSession(str(path), options, providers=[(self.provider, self.provider_options(graph))])
         check_graph_io(path.name, spec, session, self.manifest.named_sizes())
         return session
 
@@ -187,15 +237,27 @@ class OnnxRuntimeBackend(Backend):
         return tuple(d if isinstance(d, int) else sizes[d] for d in spec.shape)
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = feeds.get(contract.INPUT_IDS, feeds.get(contract.POSITION_IDS))  # [batch, query] in every graph
         if graph == "decode" and self.decode_on_prefill:
-            graph, feeds = "prefill", {**feeds, **self.decode_rows}  # a one-token prefill, no embedding rows
+            graph = "prefill"  # a one-token prefill; a fixed run's embedding rows stay zero, so none are copied
+            fixed = self.fixed.get((graph, 1))
+            feeds = feeds if fixed is not None else {**feeds, **self.decode_rows}
+        fixed = self.fixed.get((graph, rows.shape[1]))
+        if fixed is not None:
+            return fixed.run(feeds)
         binding, names = self.bindings[graph][self.current], self.input_names[graph]
         for role, value in feeds.items():
             binding.bind_cpu_input(names[role], np.ascontiguousarray(value))
-        self.sessions[graph].run_with_iobinding(binding)
+        self.sessions[graph].run_with_iobinding(binding, self.run_options)
+        self._after_run(graph)
+        return {role: value.numpy() for role, value in self.outputs[graph].items()}
+
+    def _after_run(self, graph: str) -> None:
         if self.swaps[graph]:
             self.current = 1 - self.current
-        return {role: value.numpy() for role, value in self.outputs[graph].items()}
+
+    def describe(self) -> str:
+        return f"{self.name} (CUDA graphs)" if self.cuda_graphs else self.name
 
     def reset(self) -> None:
         # Stale slots are never attended (the mask decides), but a new request should not see old data.
@@ -209,14 +271,78 @@ class OnnxRuntimeBackend(Backend):
         return cache[2 * layer].numpy(), cache[2 * layer + 1].numpy()
 
     def close(self) -> None:
+        self.fixed.clear()
         self.sessions.clear()
         self.caches.clear()
 
 
+class FixedShapeRun:
+    """One graph at one shape (``query`` rows) from buffers allocated and bound once: what a CUDA graph replays.
+
+    Inputs live on the session's device at their full shapes (``attend`` = the whole capacity); ``run`` copies
+    each step's inputs into them (the attention mask zero-padded in a host staging array) and runs the binding,
+    under its own ``gpu_graph_id`` when the backend captures. Outputs land in device buffers and are copied back.
+    A ping-pong cache (portable lowering) gets one binding, and capture, per buffer set.
+    """
+
+    def __init__(self, backend: OnnxRuntimeBackend, graph: str, query: int, graph_id: int) -> None:
+        self.backend, self.graph, self.query = backend, graph, query
+        manifest, spec = backend.manifest, backend.manifest.graphs[graph]
+        sizes = {**manifest.named_sizes(), "query": query, "attend": manifest.kv.max_seq}
+        self.inputs = {s.role: (s.name, tuple(sizes.get(d, d) for d in s.shape), numpy_dtype(s.dtype))
+                       for s in spec.inputs if s.layer is None}
+        self.buffers = {role: backend._allocate(shape, dtype) for role, (_, shape, dtype) in self.inputs.items()}
+        self.staging = np.zeros(self.inputs[contract.ATTENTION_MASK][1], dtype=np.int64)
+        self.outputs = {role: backend._allocate(value.shape(), numpy_dtype(spec.tensor(role, output=True).dtype))
+                        for role, value in backend.outputs[graph].items()}
+        self.bindings = [self._bind(current) for current in range(len(backend.caches))]
+        self.options = [backend._run_options(2 * graph_id + current - 1) if backend.cuda_graphs else None
+                        for current in range(len(backend.caches))]  # ids 1, 2, ... (0 is ONNX Runtime's)
+
+    def _bind(self, current: int):
+        binding = self.backend._bind_static(self.graph, current)
+        spec = self.backend.manifest.graphs[self.graph]
+        for role, value in self.outputs.items():  # device outputs replace the host ones: a capture writes there
+            binding.bind_ortvalue_output(spec.tensor(role, output=True).name, value)
+        for role, (name, _, _) in self.inputs.items():
+            binding.bind_ortvalue_input(name, self.buffers[role])
+        return binding
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for role, value in feeds.items():
+            self.buffers[role].update_inplace(self._fit(role, np.asarray(value)))
+        backend, current = self.backend, self.backend.current
+        backend.sessions[self.graph].run_with_iobinding(self.bindings[current], self.options[current])
+        backend._after_run(self.graph)
+        return {role: value.numpy() for role, value in self.outputs.items()}
+
+    def _fit(self, role: str, array: np.ndarray) -> np.ndarray:
+        """``array`` at the buffer's shape: the attention mask zero-padded to the capacity, the rest as given."""
+        name, shape, dtype = self.inputs[role]
+        if role == contract.ATTENTION_MASK and array.ndim == 2 and array.shape[1] <= shape[1]:
+            self.staging[:, : array.shape[1]] = array
+            self.staging[:, array.shape[1]:] = 0
+            array = self.staging
+        if array.shape != shape:
+            raise LatentcacheError(f"{self.graph}: input {name} has shape {array.shape}, the fixed-shape run takes {shape}")
+        return np.ascontiguousarray(array, dtype=dtype)
+
+
 class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
+    """ONNX Runtime's CUDA provider; decode, absorb and coprocessor captured in CUDA graphs unless
+    ``cuda_graphs=False``."""
+
     name = "onnxruntime-cuda"
     provider = "CUDAExecutionProvider"
     device = "cuda"
+
+    def __init__(self, artifacts: Path, manifest: contract.Manifest, threads: int | None = None,
+                 separate_decode: bool = False, cuda_graphs: bool = True) -> None:
+        super().__init__(artifacts, manifest, threads, separate_decode, cuda_graphs=cuda_graphs)
+
+    def provider_options(self, graph: str) -> dict[str, str]:
+        # Not the coprocessor: ONNX Runtime 1.31 places some of its nodes on the CPU, and then refuses capture.
+        return {"enable_cuda_graph": "1"} if self.cuda_graphs and graph in self.captured_graphs else {}
 
     def missing_provider_message(self, ort) -> str:
         return (

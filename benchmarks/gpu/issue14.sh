@@ -1,0 +1,52 @@
+# The GPU-decode issue's measurements on one machine, in phases (one device command each; the machine stays warm):
+#   bash benchmarks/gpu/issue14.sh export   # SmolLM2 artifacts: fp16 and fp32 batch 1 (+ coprocessor), fp16 batch 8, 32
+#   bash benchmarks/gpu/issue14.sh check    # CUDA graphs on/off tokens, parity (fp16 CUDA vs fp32 CPU), fp32 latency
+#   bash benchmarks/gpu/issue14.sh bench    # decode_bench.py: latentcache beside transformers, batch 1, 8, 32
+# Expects setup.sh done (model in $MODEL_DIR) and onnxruntime-gpu in /tmp/ort-gpu (ort-gpu-pack.sh).
+set -uo pipefail
+export PYTHONPATH=/tmp/ort-gpu:/tmp/site:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+MODEL_DIR=${MODEL_DIR:-/tmp/smol}
+ART=${ART:-/tmp/art14}
+OUT=${OUT:-/tmp/out}
+COP=latentcache/defaults/smollm2-135m-instruct-lora16
+mkdir -p "$ART" "$OUT"
+case "$1" in
+export)
+  # Four exports side by side (export is mostly one thread each); 2304 slots hold a 2,000-token prompt,
+  # 128 new tokens and the latents.
+  one() { OMP_NUM_THREADS=4 python3 -m latentcache.cli export --base "$MODEL_DIR" --out "$ART/$1" --force "${@:2}" \
+            > "$OUT/export_$1.log" 2>&1; echo "$1: exit $?"; tail -2 "$OUT/export_$1.log"; }
+  one fp16 --coprocessor $COP --dtype fp16 --max-seq 2304 &
+  one fp32 --coprocessor $COP --dtype fp32 --max-seq 2304 &
+  one fp16b8 --dtype fp16 --batch 8 --max-seq 320 &
+  one fp16b32 --dtype fp16 --batch 32 --max-seq 320 &
+  wait
+  du -sh "$ART"/*
+  ;;
+check)
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt"
+  python3 - "$ART/fp16" <<'PY' 2>&1 | tail -20
+import sys, time, numpy as np
+from pathlib import Path
+from latentcache.contract.manifest import load_manifest
+from latentcache.runtime.backends.onnxruntime import OnnxRuntimeCudaBackend
+from latentcache.runtime.generator import Generator, EndOfPrompt
+art = Path(sys.argv[1]); m = load_manifest(art)
+prompt = [[1, 504, 3458, 282, 4649, 314, 1345, 30]]
+for graphs in (True, False):
+    tick = time.perf_counter()
+    g = Generator(OnnxRuntimeCudaBackend(art, m, cuda_graphs=graphs))
+    made = time.perf_counter() - tick
+    for policy in (None, EndOfPrompt()):
+        print("cuda_graphs", graphs, "made in %.2fs" % made, policy, [int(t[0]) for t in g.generate(prompt, 16, policy=policy)])
+PY
+  python3 benchmarks/ort_cuda_parity.py "$ART/fp16" --reference "$ART/fp32" --tokens 64 --json "$OUT/parity_fp16.json" | tail -4
+  python3 benchmarks/ort_cuda_parity.py "$ART/fp32" --tokens 64 --json "$OUT/parity_fp32.json" | tail -4
+  python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp32" --skip-transformers \
+    --json "$OUT/decode_bench_fp32.json" 2>&1 | grep -v Warning
+  ;;
+bench)
+  python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" --artifacts 8="$ART/fp16b8" \
+    --artifacts 32="$ART/fp16b32" --json "$OUT/decode_bench.json" 2>&1 | grep -v Warning
+  ;;
+esac
