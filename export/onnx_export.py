@@ -54,6 +54,9 @@ class ExportConfig:
     # A LoRA coprocessor's adapters: "unmerged" keeps them beside the base's own weights (stored once with the
     # base's in weights.bin); "merged" folds them into a second full copy (one MatMul per projection).
     lora: str = "unmerged"
+    # "standard": ONNX operators every backend reads; "onnxruntime": ONNX Runtime's fused attention
+    # (com.microsoft.GroupQueryAttention, latentcache.model.fused_attention), for ONNX Runtime on the CPU only.
+    ops: str = "standard"
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -73,9 +76,28 @@ class ExportConfig:
             raise LatentcacheError(f"--max-seq must be at least 8, got {self.max_seq}")
         if self.batch < 1:
             raise LatentcacheError(f"--batch must be at least 1, got {self.batch}")
+        check_ops(self)
         # --force replaces --out wholesale: it must never be (or hold, or sit inside) what the export reads.
         check_apart(Path(self.out), "--out", {"--base": Path(self.base), "--coprocessor": self.coprocessor})
         check_replaceable(self)
+
+
+def check_ops(config: ExportConfig) -> None:
+    """What ONNX Runtime's fused attention kernel can run (its CPU kernel: float32 only, and no batch > 1 for
+    several rows after a non-empty past, which is what absorbing latents is)."""
+    if config.ops not in contract.OPS_FORMS:
+        raise LatentcacheError(f"--ops must be one of {', '.join(contract.OPS_FORMS)}, got '{config.ops}'")
+    if config.ops == "standard":
+        return
+    if config.dtype != "fp32":
+        raise LatentcacheError(f"--ops onnxruntime runs on ONNX Runtime's CPU kernel, which takes fp32 only: drop "
+                               f"--dtype {config.dtype} (on CUDA use --ops standard, whose decode is CUDA-graphed)")
+    if config.kv_update != "inplace":
+        raise LatentcacheError("--ops onnxruntime updates the cache inside its attention node: drop --kv-update "
+                               f"{config.kv_update}")
+    if config.batch > 1 and config.coprocessor is not None:
+        raise LatentcacheError("--ops onnxruntime cannot absorb latents at --batch > 1 (ONNX Runtime's fused "
+                               "attention refuses several rows per sequence after a past): use --batch 1 or --ops standard")
 
 
 def check_replaceable(config: ExportConfig) -> None:
@@ -153,7 +175,8 @@ def plan_graphs(base, coprocessor, config: ExportConfig, dtype: torch.dtype) -> 
     dt = str(dtype).removeprefix("torch.")
     query, attend = Dim("query", min=1, max=max_seq), Dim("attend", min=1, max=max_seq)
     update = UPDATES[config.kv_update]
-    steps = base_steps(base, update, coprocessor)  # with the coprocessor's latent gate, when its variant has one
+    # with the coprocessor's latent gate, when its variant has one
+    steps = base_steps(base, update, coprocessor, fused=config.ops == "onnxruntime")
     cache = [torch.zeros(batch, mc.num_kv_heads, max_seq, mc.head_dim, dtype=dtype) for _ in range(2 * mc.num_layers)]
     q, span = 3, 7  # example sizes >= 2 so the exporter does not specialise them
     ids = torch.ones(batch, q, dtype=torch.long)
@@ -372,7 +395,9 @@ def export_artifacts(config: ExportConfig, progress: Callable[[str], None] | Non
             graphs = {}
             for plan in plan_graphs(base, coprocessor, config, dtype):
                 form = dtypes.from_short(short) if config.weights == "float" else f"{config.weights} weights"
-                with steps.step(f"exporting {plan.name}.onnx ({config.kv_update} kv update, {form})"):
+                kind = "fused attention" if config.ops == "onnxruntime" and plan.name != "coprocessor" else \
+                    f"{config.kv_update} kv update"
+                with steps.step(f"exporting {plan.name}.onnx ({kind}, {form})"):
                     graphs[plan.name] = export_graph(plan, OPSET[config.kv_update], store, staging, config.weights)
             tokenizer_files, template = copy_tokenizer(Path(config.base), staging)
             manifest = build_manifest(base, coprocessor, config, dtype, graphs, tokenizer_files, template, staging)
@@ -410,6 +435,7 @@ def build_manifest(base, coprocessor, config, dtype, graphs, tokenizer_files, te
         dtype=dtype_name,
         weights=weights_description(config.weights if config.weights != "float" else config.dtype, dtype_name),
         kv_update=config.kv_update,
+        ops=config.ops,
         hidden_size=mc.hidden_size,
         vocab_size=mc.vocab_size,
         num_latents=coprocessor.config.num_latents if coprocessor is not None else 0,

@@ -53,7 +53,7 @@ def save_random_coprocessor(base_dir: Path, out: Path, num_latents: int = NUM_LA
 
 
 def export_tiny(arch: str, directory: Path, kv_update: str = "inplace", batch: int = 2, max_seq: int = 64,
-                dtype: str = "fp32", variant: str = "gated", weights: str = "float") -> Exported:
+                dtype: str = "fp32", variant: str = "gated", weights: str = "float", ops: str = "standard") -> Exported:
     from latentcache.export.onnx_export import ExportConfig, export_artifacts
     from latentcache.export.quantize import load_graph_weights
     from latentcache.model.checkpoint import load_coprocessor
@@ -64,7 +64,7 @@ def export_tiny(arch: str, directory: Path, kv_update: str = "inplace", batch: i
     checkpoint = save_random_coprocessor(base_dir, directory / "coprocessor", variant=variant)
     artifacts = export_artifacts(
         ExportConfig(base=base_dir, out=directory / "artifacts", coprocessor=checkpoint, dtype=dtype,
-                     max_seq=max_seq, batch=batch, kv_update=kv_update, weights=weights),
+                     max_seq=max_seq, batch=batch, kv_update=kv_update, weights=weights, ops=ops),
         progress=lambda message: None,
     )
     base, coprocessor = load_coprocessor(checkpoint, base_dir)

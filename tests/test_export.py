@@ -13,12 +13,12 @@ import onnx
 import pytest
 import torch
 
-from latentcache.contract.manifest import load_manifest
+from latentcache.contract.manifest import ManifestError, load_manifest
 from latentcache.model.generate import advance, augment, greedy_tokens, prefill
-from latentcache.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from latentcache.runtime.backends.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeCudaBackend
 from latentcache.runtime.generator import EndOfPrompt, Generator
 from tests.exported import PROMPTS, export_tiny
-from tests.tiny import ARCHITECTURES
+from tests.tiny import ARCHITECTURES, build_tiny, save_tiny_tokenizer
 
 ATOL = 1e-4
 
@@ -29,14 +29,26 @@ DEFAULT_SET = ("llama-gqa-tied", "mistral-sliding", "gemma2")
 
 # Weight-only quantized graphs, against the reference holding the graphs' dequantized weights.
 QUANTIZED = [("llama-gqa-tied", "int4"), ("qwen2-bias", "int8"), pytest.param(("gemma2", "int4"), marks=pytest.mark.slow)]
+# ONNX Runtime's fused attention (--ops onnxruntime), batch 1: its kernel absorbs no latents at batch > 1.
+# llama's head size (8) rotates before the node, gemma3's (16) inside it (two rope kinds, qk-norm, sliding layers).
+FUSED = [("llama-gqa-tied", "float", "onnxruntime"), ("gemma3", "int4", "onnxruntime"),
+         pytest.param(("gemma2", "float", "onnxruntime"), marks=pytest.mark.slow),
+         pytest.param(("mistral-sliding", "int4", "onnxruntime"), marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module", params=[
     arch if arch in DEFAULT_SET else pytest.param(arch, marks=pytest.mark.slow) for arch in ARCHITECTURES
-] + QUANTIZED, ids=lambda p: "-".join(p) if isinstance(p, tuple) else p)
+] + QUANTIZED + FUSED, ids=lambda p: "-".join(p) if isinstance(p, tuple) else p)
 def exported(request, tmp_path_factory):
-    arch, weights = request.param if isinstance(request.param, tuple) else (request.param, "float")
-    return export_tiny(arch, tmp_path_factory.mktemp(f"{arch}-{weights}"), kv_update="inplace", weights=weights)
+    arch, weights, ops = (*request.param, "standard")[:3] if isinstance(request.param, tuple) else \
+        (request.param, "float", "standard")
+    return export_tiny(arch, tmp_path_factory.mktemp(f"{arch}-{weights}-{ops}"), kv_update="inplace",
+                       weights=weights, ops=ops, batch=2 if ops == "standard" else 1)
+
+
+def prompts_of(exported) -> list[list[int]]:
+    """The test prompts the artifacts' batch takes (a fused-attention export runs one)."""
+    return PROMPTS[: load_manifest(exported.artifacts).kv.batch]
 
 
 def backend(exported):
@@ -55,10 +67,10 @@ def test_every_graph_passes_checker_and_shape_inference(exported):
 
 
 def test_prefill_logits_and_cache_match_reference(exported):
-    generator = Generator(backend(exported))
-    logits = generator.prefill(PROMPTS)
-    longest = max(map(len, PROMPTS))
-    for row, prompt in enumerate(PROMPTS):
+    generator, prompts = Generator(backend(exported)), prompts_of(exported)
+    logits = generator.prefill(prompts)
+    longest = max(map(len, prompts))
+    for row, prompt in enumerate(prompts):
         state = prefill(exported.base, prompt, 64)
         expected = exported.base.logits(state.hidden)[0].numpy()
         assert np.abs(logits[row] - expected).max() <= exported.atol
@@ -70,14 +82,14 @@ def test_prefill_logits_and_cache_match_reference(exported):
 
 
 def test_latents_absorbed_cache_and_16_decode_steps_match_reference(exported):
-    generator = Generator(backend(exported))
-    generator.prefill(PROMPTS)
+    generator, prompts = Generator(backend(exported)), prompts_of(exported)
+    generator.prefill(prompts)
     latents = generator.coprocess()
     logits = generator.absorb(latents)
-    longest = max(map(len, PROMPTS))
+    longest = max(map(len, prompts))
     n_latents = latents.shape[1]
     states = []
-    for row, prompt in enumerate(PROMPTS):
+    for row, prompt in enumerate(prompts):
         state = prefill(exported.base, prompt, 64)
         points = torch.tensor([[len(prompt) - 1]])
         expected = exported.coprocessor(state.cache, points, context_len=len(prompt))[0].numpy()
@@ -88,7 +100,7 @@ def test_latents_absorbed_cache_and_16_decode_steps_match_reference(exported):
         ref = state.cache.keys[-1][0, :, len(prompt): len(prompt) + n_latents].numpy()
         assert np.abs(keys[row, :, longest: longest + n_latents] - ref).max() <= exported.atol, "absorbed cache"
         states.append(state)
-    tokens = np.array([7, 11])
+    tokens = np.array([7, 11])[: len(prompts)]
     for step in range(16):
         logits = generator.decode_step(tokens)
         for row, state in enumerate(states):
@@ -100,10 +112,10 @@ def test_latents_absorbed_cache_and_16_decode_steps_match_reference(exported):
 
 @pytest.mark.parametrize("augmented", [False, True])
 def test_greedy_32_tokens_equal_reference_pipeline(exported, augmented):
-    generator = Generator(backend(exported))
+    generator, prompts = Generator(backend(exported)), prompts_of(exported)
     policy = EndOfPrompt() if augmented else None
-    tokens = np.stack(list(generator.generate(PROMPTS, 32, policy=policy)), axis=1)
-    for row, prompt in enumerate(PROMPTS):
+    tokens = np.stack(list(generator.generate(prompts, 32, policy=policy)), axis=1)
+    for row, prompt in enumerate(prompts):
         state = prefill(exported.base, prompt, 80)
         if augmented:
             state = augment(exported.base, exported.coprocessor, state)
@@ -196,3 +208,51 @@ def test_unmerged_lora_equals_merged_and_adds_only_the_adapters_on_disk(tmp_path
     base_linears = sum(p.numel() * 4 for n, p in unmerged.base.named_parameters() if "layers" in n and p.dim() == 2)
     assert size["merged"] - size["base"] > base_linears / 2  # a second copy of the projections (layer 0 q/k/v fold)
     assert size["unmerged"] - size["base"] < 2 * adapters, (size, adapters)  # adapters, soft tokens' folded keys
+
+
+def test_fused_attention_form_is_one_node_per_layer_and_onnxruntime_only(tmp_path):
+    """``--ops onnxruntime``: GroupQueryAttention replaces the cache scatters and the explicit attention in prefill
+    and decode (the coprocessor keeps the standard form), the manifest says so, TensorRT refuses it with the fix,
+    and the export refuses what ONNX Runtime's kernel cannot run."""
+    from latentcache.errors import BackendUnavailable
+    from latentcache.export.onnx_export import ExportConfig
+
+    fused = export_tiny("gemma3", tmp_path / "fused", batch=1, ops="onnxruntime")
+    manifest = load_manifest(fused.artifacts)
+    assert manifest.ops == "onnxruntime" and manifest.readable_by("onnxruntime") and not manifest.readable_by("tensorrt")
+    layers = manifest.kv.num_layers
+    for graph in ("prefill", "decode", "coprocessor"):
+        nodes = onnx.load(str(fused.artifacts / f"{graph}.onnx"), load_external_data=False).graph.node
+        ops = [n.op_type for n in nodes]
+        assert (ops.count("GroupQueryAttention"), "TensorScatter" in ops, "Softmax" in ops, "Neg" in ops) == \
+            ((0, False, True, True) if graph == "coprocessor" else (layers, False, False, False))  # rope's Neg: gone
+        rotary = {a.i for n in nodes if n.op_type == "GroupQueryAttention" for a in n.attribute if a.name == "do_rotary"}
+        assert rotary == (set() if graph == "coprocessor" else {1})  # head size 16: the node rotates
+    for error in (ManifestError, BackendUnavailable):
+        with pytest.raises(error, match="fused attention .* re-export with --ops standard for tensorrt"):
+            manifest.require_consumer("tensorrt", error)
+    with pytest.raises(BackendUnavailable, match="CPU provider only: use --backend onnxruntime-cpu"):
+        OnnxRuntimeCudaBackend(fused.artifacts, manifest)
+    base = fused.base_dir
+    refusals = {"fp32 only": {"dtype": "fp16"}, "drop --kv-update portable": {"kv_update": "portable"},
+                "cannot absorb latents at --batch > 1": {"batch": 2, "coprocessor": fused.checkpoint}}
+    for message, options in refusals.items():
+        with pytest.raises(Exception, match=message):
+            ExportConfig(base=base, out=tmp_path / "refused", ops="onnxruntime", **options)
+
+
+
+def test_fused_attention_form_at_batch_2_gives_the_standard_tokens(tmp_path):
+    """Base-only artifacts may run a left-padded batch (no latents to absorb); the node then leaves rope to the
+    graph (on a first prompt it would number left-padded rows by slot)."""
+    from latentcache.export.onnx_export import ExportConfig, export_artifacts
+
+    build_tiny("gemma3", tmp_path / "base")
+    save_tiny_tokenizer(tmp_path / "base")
+    tokens = []
+    for ops in ("standard", "onnxruntime"):
+        artifacts = export_artifacts(ExportConfig(base=tmp_path / "base", out=tmp_path / ops, batch=2, max_seq=64,
+                                                  ops=ops), progress=lambda message: None)
+        generator = Generator(OnnxRuntimeBackend(artifacts, load_manifest(artifacts)))
+        tokens.append(np.stack(list(generator.generate(PROMPTS, 24)), axis=1))
+    assert (tokens[0] == tokens[1]).all()

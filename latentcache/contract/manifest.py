@@ -43,6 +43,7 @@ READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_FILE = "manifest.json"
 GRAPHS = ("prefill", "decode", "coprocessor")
 KV_UPDATES = ("inplace", "portable")
+OPS_FORMS = ("standard", "onnxruntime")  # the graph forms (Manifest.ops)
 
 # Roles: the contract's vocabulary. Per-layer cache roles carry the layer index in TensorSpec.layer.
 INPUT_IDS, INPUTS_EMBEDS, EMBEDS_MASK = "input_ids", "inputs_embeds", "embeds_mask"
@@ -155,6 +156,9 @@ class Manifest:
     # How the graphs store weights: {"format": "fp32"|"fp16"|"bf16"|"int8"|"int4", "consumers": [backends that read
     # the graphs], and for int formats bits, block_size, symmetric, method, form}. Before version 3: the dtype.
     weights: dict = field(default_factory=dict)
+    # "standard" (ONNX operators every backend reads) or "onnxruntime" (ONNX Runtime's fused attention; only it reads
+    # them). Same I/O contract either way.
+    ops: str = "standard"
     # sha256 of the manifest's own canonical JSON without this field (``to_json`` fills it): detects an edited
     # or damaged manifest. A checksum, not a signature: whoever can edit the file can recompute it.
     integrity: str = ""
@@ -162,6 +166,8 @@ class Manifest:
     def __post_init__(self) -> None:
         if self.kv_update not in KV_UPDATES:
             raise ManifestError(f"kv_update must be one of {KV_UPDATES}, got '{self.kv_update}'")
+        if self.ops not in OPS_FORMS:
+            raise ManifestError(f"ops must be one of {OPS_FORMS}, got '{self.ops}': re-export the artifacts")
         missing = [g for g in ("prefill", "decode") if g not in self.graphs]
         if missing:
             raise ManifestError(f"manifest lacks the {', '.join(missing)} graph(s)")
@@ -178,11 +184,16 @@ class Manifest:
 
     def readable_by(self, consumer: str) -> bool:
         """Whether ``consumer`` ("onnxruntime" or "tensorrt") can run these graphs (int8 weights are ONNX Runtime's)."""
+        if self.ops == "onnxruntime" and consumer != "onnxruntime":
+            return False
         return consumer in self.weights.get("consumers", ("onnxruntime", "tensorrt"))
 
     def require_consumer(self, consumer: str, error: type[Exception] = ManifestError) -> None:
         """A one-line ``error`` unless ``consumer`` can run these graphs (a backend raises BackendUnavailable, so
         ``--backend auto`` goes on to the next)."""
+        if self.ops == "onnxruntime" and consumer != "onnxruntime":
+            raise error(f"these artifacts' graphs use ONNX Runtime's fused attention (--ops onnxruntime), which "
+                        f"{consumer} does not read: re-export with --ops standard for {consumer}")
         if not self.readable_by(consumer):
             readers = ", ".join(self.weights.get("consumers", ())) or "no backend"
             raise error(f"these artifacts hold {self.weight_format} weights in a form only {readers} reads: "

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentcache.model.config import SLIDING, ModelConfig
+from latentcache.model.fused_attention import fused_attention
 from latentcache.model.rope import apply_rope, inverse_frequencies, rope_tables
 
 
@@ -256,6 +257,9 @@ class Attention(nn.Module):
         gate: LatentGate | None = None,
     ) -> torch.Tensor:
         cfg = self.config
+        key_bias = gate.layer_bias(self.layer) if gate is not None else None
+        if getattr(cache, "fused", False):  # the onnxruntime graph form: one fused node writes and attends
+            return self._fused(x, rope, mask, cache, write_index, key_bias)
         q = self._heads(self.q_proj(x), cfg.num_heads)
         k = self._heads(self.k_proj(x), cfg.num_kv_heads)
         v = self._heads(self.v_proj(x), cfg.num_kv_heads)
@@ -270,10 +274,26 @@ class Attention(nn.Module):
             span = mask.shape[-1] - k.shape[2]
             k = torch.cat((prefix.keys[self.layer][:, :, :span], k), dim=2)
             v = torch.cat((prefix.values[self.layer][:, :, :span], v), dim=2)
-        key_bias = gate.layer_bias(self.layer) if gate is not None else None
         out = attend(q, k, v, mask, cfg.attn_scale, cfg.attn_softcap, self.explicit, key_bias)
         batch, _, seq, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+
+    def _fused(self, x, rope, mask, cache, write_index, key_bias) -> torch.Tensor:
+        """The same attention through ``fused_attention``, heads kept in ``[batch, seq, heads, head_dim]`` (what
+        the fused node reads, flattened): no transposes around it."""
+        cfg = self.config
+        batch, seq, _ = x.shape
+        q = self.q_proj(x).view(batch, seq, cfg.num_heads, cfg.head_dim)
+        k = self.k_proj(x).view(batch, seq, cfg.num_kv_heads, cfg.head_dim)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        # The fused node rotates q and k itself where the cache offers its tables (exported graphs only).
+        rotary = cache.rotary.get(cfg.layer_types[self.layer]) if torch.onnx.is_in_onnx_export() else None
+        if rotary is None:
+            q, k = apply_rope(q, *rope, heads_axis=2), apply_rope(k, *rope, heads_axis=2)
+        out = fused_attention(q, k, self.v_proj(x), cache, self.layer, write_index, mask, cfg.attn_scale,
+                              cfg.attn_softcap, key_bias, explicit_attention, rotary)
+        return self.o_proj(out)
 
 
 class MLP(nn.Module):

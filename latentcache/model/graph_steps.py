@@ -15,6 +15,7 @@ from torch import nn
 from latentcache.contract.manifest import LATENT_SLOT, TOKEN_SLOT
 from latentcache.model.config import SLIDING, ModelConfig
 from latentcache.model.decoder import Decoder, LatentGate
+from latentcache.model.fused_attention import rotary_tables, rotates_inside
 
 
 def cache_masks(config: ModelConfig, attention_mask: torch.Tensor, write_index: torch.Tensor, queries: int,
@@ -50,10 +51,13 @@ class GraphCache:
 
     ``update(past, rows, write_index) -> present`` writes ``rows [B, Hkv, q, D]`` at slots
     ``write_index[b] + i``; attention then reads the present tensor (Attention calls ``write`` first).
+    ``fused``: the ``onnxruntime`` graph form, where one GroupQueryAttention node per layer writes and attends
+    (``latentcache.model.fused_attention``) and replaces the present tensors itself.
     """
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], update) -> None:
-        self.keys, self.values, self.update = list(keys), list(values), update
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], update, fused: bool = False) -> None:
+        self.keys, self.values, self.update, self.fused = list(keys), list(values), update, fused
+        self.rotary: dict[str, tuple] = {}  # per layer type: (cos, sin, position_ids) when the fused node rotates
 
     def write(self, layer: int, index: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
         self.keys[layer] = self.update(self.keys[layer], keys, index)
@@ -75,9 +79,10 @@ class BaseStep(nn.Module):
     ``LATENT_SLOT``; without it the graph is the base's own, whatever the mask values.
     """
 
-    def __init__(self, base: Decoder, update, with_embeds: bool, latent_gate: torch.Tensor | None = None) -> None:
+    def __init__(self, base: Decoder, update, with_embeds: bool, latent_gate: torch.Tensor | None = None,
+                 fused: bool = False) -> None:
         super().__init__()
-        self.base, self.update, self.with_embeds = base.use_graph_forms(), update, with_embeds
+        self.base, self.update, self.with_embeds, self.fused = base.use_graph_forms(), update, with_embeds, fused
         self.register_buffer("latent_gate", None if latent_gate is None else latent_gate.detach().float().clone())
         self.eval()
 
@@ -88,18 +93,23 @@ class BaseStep(nn.Module):
         gated = self.latent_gate is not None
         masks = cache_masks(self.base.config, attention_mask, write_index, x.shape[1], position_ids if gated else None)
         gate = LatentGate(self.latent_gate, attention_mask == LATENT_SLOT) if gated else None
-        graph_cache = GraphCache(*split_cache(cache), self.update)
+        graph_cache = GraphCache(*split_cache(cache), self.update, self.fused)
+        if self.fused and rotates_inside(self.base.config.head_dim, batch=x.shape[0]):
+            slots = cache[0].shape[2]
+            graph_cache.rotary = {kind: (*rotary_tables(getattr(self.base, f"inv_freq_{kind}"), slots), position_ids)
+                                  for kind in self.base.config.rope}
         hidden = self.base.run_layers(x, position_ids, masks, graph_cache, write_index, gate=gate)
         logits = self.base.logits(hidden[:, -1]).float()
         return (logits, *graph_cache.flat())
 
 
-def base_steps(base: Decoder, update, coprocessor=None) -> dict[str, BaseStep]:
+def base_steps(base: Decoder, update, coprocessor=None, fused: bool = False) -> dict[str, BaseStep]:
     """The ``prefill`` and ``decode`` steps of artifacts exported with ``coprocessor`` (or none): one base, with
-    the coprocessor's latent gate when its variant has one (``refeed``'s is zero, ``gated``'s trained)."""
+    the coprocessor's latent gate when its variant has one (``refeed``'s is zero, ``gated``'s trained);
+    ``fused``: ONNX Runtime's fused attention (the ``onnxruntime`` graph form)."""
     gate = None if coprocessor is None else coprocessor.latent_gate
-    return {"prefill": BaseStep(base, update, with_embeds=True, latent_gate=gate),
-            "decode": BaseStep(base, update, with_embeds=False, latent_gate=gate)}
+    return {"prefill": BaseStep(base, update, with_embeds=True, latent_gate=gate, fused=fused),
+            "decode": BaseStep(base, update, with_embeds=False, latent_gate=gate, fused=fused)}
 
 
 class CoprocessorStep(nn.Module):
@@ -122,9 +132,10 @@ class CoprocessorStep(nn.Module):
         soft = copro.soft_inputs(batch)
         if copro.network is None:  # pause-token control: the latents are the trained embeddings
             return soft
-        span = attention_mask.shape[1]
         own = torch.ones(batch, n_latents, dtype=attention_mask.dtype, device=attention_mask.device)
-        write_index = torch.full((batch,), span, dtype=torch.long, device=attention_mask.device)
+        # The span's length per row, counted from the mask's data rather than read off its shape: a shape-derived
+        # value is a host tensor in ONNX Runtime, and copying it to the GPU mid-graph rules out CUDA-graph capture.
+        write_index = torch.ones_like(attention_mask).sum(dim=1)
         masks = cache_masks(copro.network.config, torch.cat((attention_mask, own), 1), write_index, n_latents)
         keys, values = split_cache(cache)
         prefix = GraphCache(keys, values, update=None)

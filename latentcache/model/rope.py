@@ -41,12 +41,13 @@ def rope_tables(inv_freq: torch.Tensor, position_ids: torch.Tensor) -> tuple[tor
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [batch, heads, seq, head_dim]`` by the tables (half-split convention of HF Llama/Gemma).
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads_axis: int = 1) -> torch.Tensor:
+    """Rotate ``x [batch, heads, seq, head_dim]`` (or ``[batch, seq, heads, head_dim]`` with ``heads_axis=2``) by
+    the tables (half-split convention of HF Llama/Gemma).
 
     The rotation runs in fp32 whatever ``x``'s dtype (bf16/fp16 rounding of cos/sin drifts at long context).
     """
-    cos, sin = cos[:, None], sin[:, None]
+    cos, sin = cos.unsqueeze(heads_axis), sin.unsqueeze(heads_axis)
     half = x.shape[-1] // 2
     xf = x.float()
     rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
