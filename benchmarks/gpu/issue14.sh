@@ -2,6 +2,7 @@
 #   bash benchmarks/gpu/issue14.sh export   # SmolLM2 artifacts: fp16 and fp32 batch 1 (+ coprocessor), fp16 batch 8, 32
 #   bash benchmarks/gpu/issue14.sh check    # CUDA graphs on/off tokens, parity (fp16 CUDA vs fp32 CPU), fp32 latency
 #   bash benchmarks/gpu/issue14.sh bench    # decode_bench.py: latentcache beside transformers, batch 1, 8, 32
+#   bash benchmarks/gpu/issue14.sh copro    # fp16 batch 1 only (export + latentcache rows): coprocessor capture
 # Expects setup.sh done (model in $MODEL_DIR) and onnxruntime-gpu in /tmp/ort-gpu (ort-gpu-pack.sh).
 set -uo pipefail
 export PYTHONPATH=/tmp/ort-gpu:/tmp/site:${PYTHONPATH:-} PYTHONUNBUFFERED=1
@@ -44,6 +45,12 @@ PY
   python3 benchmarks/ort_cuda_parity.py "$ART/fp32" --tokens 64 --json "$OUT/parity_fp32.json" | tail -4
   python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp32" --skip-transformers \
     --json "$OUT/decode_bench_fp32.json" 2>&1 | grep -v Warning
+  ;;
+copro)
+  OMP_NUM_THREADS=16 python3 -m latentcache.cli export --base "$MODEL_DIR" --out "$ART/fp16" --force \
+    --coprocessor $COP --dtype fp16 --max-seq 2304 2>&1 | tail -1
+  python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" --contexts 128 \
+    --skip-transformers --json "$OUT/decode_bench_copro.json" 2>&1 | grep -v Warning
   ;;
 bench)
   python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" --artifacts 8="$ART/fp16b8" \
