@@ -2,7 +2,7 @@
 #   bash benchmarks/gpu/issue14.sh export   # SmolLM2 artifacts: fp16 and fp32 batch 1 (+ coprocessor), fp16 batch 8, 32
 #   bash benchmarks/gpu/issue14.sh check    # CUDA graphs on/off tokens, parity (fp16 CUDA vs fp32 CPU), fp32 latency
 #   bash benchmarks/gpu/issue14.sh bench    # decode_bench.py: latentcache beside transformers, batch 1, 8, 32
-#   bash benchmarks/gpu/issue14.sh copro    # fp16 batch 1 only (export + latentcache rows): coprocessor capture
+#   bash benchmarks/gpu/issue14.sh copro    # fp16 batch 1 only (export + latentcache rows): coprocessor + absorb
 # Expects setup.sh done (model in $MODEL_DIR) and onnxruntime-gpu in /tmp/ort-gpu (ort-gpu-pack.sh).
 set -uo pipefail
 export PYTHONPATH=/tmp/ort-gpu:/tmp/site:${PYTHONPATH:-} PYTHONUNBUFFERED=1
