@@ -24,9 +24,9 @@ fixed device buffers. That is what ONNX Runtime's CUDA graphs require (``enable_
 output of a captured run at the same address and shape; several captures per session under their own
 ``gpu_graph_id``, 0 reserved, -1 skipping capture: ``onnxruntime_run_options_config_keys.h``). Each step then
 costs a few small host-to-device copies and one graph launch instead of hundreds of kernel launches; prefill,
-whose length varies, runs as before, and so does the coprocessor (see ``_fixed_runs``). On the CPU the same path runs without capture (the tests prove the
-padding and the buffers there); it is off by default there, where attending the whole capacity costs more than
-launches do.
+whose length varies, runs as before, and so does the coprocessor (see ``_fixed_runs``). On the CPU the same path
+runs without capture (the tests prove the padding and the buffers there); it is off by default there, where
+attending the whole capacity costs more than launches do.
 """
 
 from __future__ import annotations
@@ -327,8 +327,7 @@ class FixedShapeRun:
 
 
 class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
-    """ONNX Runtime's CUDA provider; decode, absorb and coprocessor captured in CUDA graphs unless
-    ``cuda_graphs=False``."""
+    """ONNX Runtime's CUDA provider; decode steps and absorbs replayed as CUDA graphs unless ``cuda_graphs=False``."""
 
     name = "onnxruntime-cuda"
     provider = "CUDAExecutionProvider"
