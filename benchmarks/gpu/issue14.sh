@@ -41,6 +41,7 @@ for graphs in (True, False):
     for policy in (None, EndOfPrompt()):
         print("cuda_graphs", graphs, "made in %.2fs" % made, policy, [int(t[0]) for t in g.generate(prompt, 16, policy=policy)])
 PY
+  python3 benchmarks/gpu/capture_check.py "$ART/fp16" --json "$OUT/capture_check.json" | tail -3
   python3 benchmarks/ort_cuda_parity.py "$ART/fp16" --reference "$ART/fp32" --tokens 64 --json "$OUT/parity_fp16.json" | tail -4
   python3 benchmarks/ort_cuda_parity.py "$ART/fp32" --tokens 64 --json "$OUT/parity_fp32.json" | tail -4
   python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp32" --skip-transformers \
