@@ -31,8 +31,7 @@ DEFAULT_SET = ("llama-gqa-tied", "mistral-sliding", "gemma2")
 QUANTIZED = [("llama-gqa-tied", "int4"), ("qwen2-bias", "int8"), pytest.param(("gemma2", "int4"), marks=pytest.mark.slow)]
 # ONNX Runtime's fused attention (--ops onnxruntime), batch 1: its kernel absorbs no latents at batch > 1.
 # llama's head size (8) rotates before the node, gemma3's (16) inside it (two rope kinds, qk-norm, sliding layers).
-FUSED = [("llama-gqa-tied", "float", "onnxruntime"), ("gemma3", "int4", "onnxruntime"),
-         pytest.param(("gemma2", "float", "onnxruntime"), marks=pytest.mark.slow)]
+FUSED = [("llama-gqa-tied", "float", "onnxruntime"), ("gemma3", "int4", "onnxruntime")]
 
 
 @pytest.fixture(scope="module", params=[
