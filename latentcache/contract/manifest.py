@@ -184,14 +184,15 @@ class Manifest:
 
     def readable_by(self, consumer: str) -> bool:
         """Whether ``consumer`` ("onnxruntime" or "tensorrt") can run these graphs (int8 weights are ONNX Runtime's)."""
-        if self.ops == "onnxruntime" and consumer != "onnxruntime":
-            return False
-        return consumer in self.weights.get("consumers", ("onnxruntime", "tensorrt"))
+        return self._ops_readable_by(consumer) and consumer in self.weights.get("consumers", ("onnxruntime", "tensorrt"))
+
+    def _ops_readable_by(self, consumer: str) -> bool:
+        return self.ops == "standard" or consumer == "onnxruntime"
 
     def require_consumer(self, consumer: str, error: type[Exception] = ManifestError) -> None:
         """A one-line ``error`` unless ``consumer`` can run these graphs (a backend raises BackendUnavailable, so
         ``--backend auto`` goes on to the next)."""
-        if self.ops == "onnxruntime" and consumer != "onnxruntime":
+        if not self._ops_readable_by(consumer):
             raise error(f"these artifacts' graphs use ONNX Runtime's fused attention (--ops onnxruntime), which "
                         f"{consumer} does not read: re-export with --ops standard for {consumer}")
         if not self.readable_by(consumer):

@@ -287,8 +287,8 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(batch, seq, cfg.num_kv_heads, cfg.head_dim)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        # The fused node rotates q and k itself where the cache offers its tables (exported graphs only).
-        rotary = cache.rotary.get(cfg.layer_types[self.layer]) if torch.onnx.is_in_onnx_export() else None
+        # The fused node rotates q and k itself where the cache offers its tables (BaseStep: exported graphs only).
+        rotary = cache.rotary.get(cfg.layer_types[self.layer])
         if rotary is None:
             q, k = apply_rope(q, *rope, heads_axis=2), apply_rope(k, *rope, heads_axis=2)
         out = fused_attention(q, k, self.v_proj(x), cache, self.layer, write_index, mask, cfg.attn_scale,

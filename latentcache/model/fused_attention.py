@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import torch
 
+from latentcache.model.rope import rope_tables
+
 MASKED = torch.finfo(torch.float32).min
 
 
 def rotary_tables(inv_freq: torch.Tensor, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin ``[slots, head_dim // 2]`` for positions ``0..slots-1``, computed as ``rope_tables`` does (fp32
-    angles): the caches GroupQueryAttention rotates by (positions never exceed the kv-cache's slots)."""
-    angles = torch.arange(slots, device=inv_freq.device).float()[:, None] * inv_freq.float()[None, :]
-    return angles.cos(), angles.sin()
+    """cos and sin ``[slots, head_dim // 2]`` for positions ``0..slots-1`` (``rope_tables``' first half): the caches
+    GroupQueryAttention rotates by (positions never exceed the kv-cache's slots)."""
+    cos, sin = rope_tables(inv_freq, torch.arange(slots, device=inv_freq.device)[None])
+    half = inv_freq.shape[0]
+    return cos[0, :, :half], sin[0, :, :half]
 
 
 def rotates_inside(head_dim: int, batch: int) -> bool:

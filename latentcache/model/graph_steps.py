@@ -94,7 +94,8 @@ class BaseStep(nn.Module):
         masks = cache_masks(self.base.config, attention_mask, write_index, x.shape[1], position_ids if gated else None)
         gate = LatentGate(self.latent_gate, attention_mask == LATENT_SLOT) if gated else None
         graph_cache = GraphCache(*split_cache(cache), self.update, self.fused)
-        if self.fused and rotates_inside(self.base.config.head_dim, batch=x.shape[0]):
+        # Exported graphs only: the eager reference (and the parity tests' comparison) rotates as the standard form.
+        if self.fused and torch.onnx.is_in_onnx_export() and rotates_inside(self.base.config.head_dim, x.shape[0]):
             slots = cache[0].shape[2]
             graph_cache.rotary = {kind: (*rotary_tables(getattr(self.base, f"inv_freq_{kind}"), slots), position_ids)
                                   for kind in self.base.config.rope}

@@ -236,13 +236,14 @@ class OnnxRuntimeBackend(Backend):
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = feeds.get(contract.INPUT_IDS, feeds.get(contract.POSITION_IDS))  # [batch, query] in every graph
-        if graph == "decode" and self.decode_on_prefill:
-            graph = "prefill"  # a one-token prefill; a fixed run's embedding rows stay zero, so none are copied
-            fixed = self.fixed.get((graph, 1))
-            feeds = feeds if fixed is not None else {**feeds, **self.decode_rows}
+        on_prefill = graph == "decode" and self.decode_on_prefill
+        if on_prefill:
+            graph = "prefill"  # a one-token prefill, no embedding rows
         fixed = self.fixed.get((graph, rows.shape[1]))
         if fixed is not None:
-            return fixed.run(feeds)
+            return fixed.run(feeds)  # its embedding-row buffers stay zero: a decode step copies none
+        if on_prefill:
+            feeds = {**feeds, **self.decode_rows}
         binding, names = self.bindings[graph][self.current], self.input_names[graph]
         for role, value in feeds.items():
             binding.bind_cpu_input(names[role], np.ascontiguousarray(value))
