@@ -18,14 +18,14 @@ it loads the graph and, by default, multiplies in int8 (activations quantized pe
 exactly what its dequantized weights define.
 
 Fixed shapes and CUDA graphs (``fixed_shapes``; on by default on CUDA, where it is what ``cuda_graphs`` needs):
-decode steps and absorbs run from input buffers allocated once on the device at one shape each,
+decode steps, absorbs and the coprocessor run from input buffers allocated once on the device at one shape each,
 with the attention mask padded to the whole capacity (free slots are masked like any other) and the outputs in
 fixed device buffers. That is what ONNX Runtime's CUDA graphs require (``enable_cuda_graph``: every input and
 output of a captured run at the same address and shape; several captures per session under their own
 ``gpu_graph_id``, 0 reserved, -1 skipping capture: ``onnxruntime_run_options_config_keys.h``). Each step then
 costs a few small host-to-device copies and one graph launch instead of hundreds of kernel launches; prefill,
-whose length varies, runs as before, and so does the coprocessor (see ``_fixed_runs``). On the CPU the same path
-runs without capture (the tests prove the padding and the buffers there); it is off by default there, where
+whose length varies, runs as before, and so does the coprocessor of a sliding-window model (see ``_fixed_runs``).
+On the CPU the same path runs without capture (the tests prove the padding and the buffers there); it is off by default there, where
 attending the whole capacity costs more than launches do.
 """
 
@@ -44,6 +44,7 @@ from latentcache.limits import cache_bytes, check_memory
 from latentcache.runtime.backend import Backend, BackendUnavailable
 
 MAX_DEFAULT_THREADS = 8  # a cap on the default only: --threads may ask for more
+SLIDING = "sliding_attention"  # a sliding-window layer in the manifest's model.layer_types
 
 
 def default_threads() -> int:
@@ -167,15 +168,23 @@ class OnnxRuntimeBackend(Backend):
             self._capture()
 
     def _fixed_runs(self) -> list[FixedShapeRun]:
-        """Decode (on its session) and the absorb of latents (prefill at ``Capacity.per_augmentation`` rows), each
-        at one shape. Not the coprocessor yet: its graph no longer copies a host value mid-graph (what made ONNX
-        Runtime 1.31 refuse to capture it), but capturing it is not yet proven on a GPU; and with sliding windows
-        padding its span would move its soft tokens (they sit right after the span) in the window."""
+        """Decode (on its session), the absorb of latents (prefill at ``Capacity.per_augmentation`` rows) and the
+        coprocessor, each at one shape. The coprocessor counts its span from the mask's data (a shape-derived value
+        would be a host copy mid-graph, which ONNX Runtime refuses to capture), so a mask padded to the capacity
+        gives the same latents; not with sliding windows, where the padding would move its soft tokens (they sit
+        right after the span) in the window."""
         manifest, runs = self.manifest, []
         runs.append(("prefill" if self.decode_on_prefill else "decode", 1))
         if manifest.num_latents:
             runs.append(("prefill", manifest.num_latents + int(manifest.refeeds)))
+        if self.fixed_coprocessor:
+            runs.append(("coprocessor", manifest.num_latents))
         return [FixedShapeRun(self, graph, query, graph_id=1 + index) for index, (graph, query) in enumerate(runs)]
+
+    @property
+    def fixed_coprocessor(self) -> bool:
+        """Whether the coprocessor runs (and is captured) at one shape: a coprocessor graph, no sliding windows."""
+        return "coprocessor" in self.manifest.graphs and SLIDING not in self.manifest.model.get("layer_types", ())
 
     def _run_options(self, graph_id: int):
         options = self.ort.RunOptions()
@@ -343,7 +352,8 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
         super().__init__(artifacts, manifest, threads, separate_decode, cuda_graphs=cuda_graphs)
 
     def provider_options(self, graph: str) -> dict[str, str]:
-        return {"enable_cuda_graph": "1"} if self.cuda_graphs and graph != "coprocessor" else {}
+        captured = self.cuda_graphs and (graph != "coprocessor" or self.fixed_coprocessor)
+        return {"enable_cuda_graph": "1"} if captured else {}
 
     def missing_provider_message(self, ort) -> str:
         return (
