@@ -16,7 +16,7 @@ from latentcache.errors import LatentcacheError
 from latentcache.runtime import Pipeline
 from latentcache.runtime.backend import BackendUnavailable
 from latentcache.runtime.backends import open_backend
-from latentcache.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from latentcache.runtime.backends.onnxruntime import SLIDING, OnnxRuntimeBackend
 from latentcache.runtime.generator import (
     Async,
     Capacity,
@@ -508,7 +508,7 @@ def test_fixed_shape_runs_give_the_same_tokens_and_logits(exported, single):
         fixed = OnnxRuntimeBackend(artifacts.artifacts, manifest, fixed_shapes=True)
         graphs = {graph for graph, _ in fixed.fixed}
         # decode (on the prefill session), absorb, and the coprocessor unless the model has sliding windows
-        sliding = "sliding_attention" in manifest.model["layer_types"]
+        sliding = SLIDING in manifest.model["layer_types"]
         assert graphs == {"prefill"} | ({"coprocessor"} if manifest.num_latents and not sliding else set())
         prompts = PROMPTS[: manifest.kv.batch]
         for policy in (None, EveryN(5), EndOfPrompt()):  # a shorter mask after longer ones: stale padding would show

@@ -25,8 +25,8 @@ output of a captured run at the same address and shape; several captures per ses
 ``gpu_graph_id``, 0 reserved, -1 skipping capture: ``onnxruntime_run_options_config_keys.h``). Each step then
 costs a few small host-to-device copies and one graph launch instead of hundreds of kernel launches; prefill,
 whose length varies, runs as before, and so does the coprocessor of a sliding-window model (see ``_fixed_runs``).
-On the CPU the same path runs without capture (the tests prove the padding and the buffers there); it is off by default there, where
-attending the whole capacity costs more than launches do.
+On the CPU the same path runs without capture (the tests prove the padding and the buffers there); it is off by
+default there, where attending the whole capacity costs more than launches do.
 """
 
 from __future__ import annotations
