@@ -55,3 +55,27 @@ def pytest_runtest_setup(item):
 def _no_hub_loader(monkeypatch):
     """Tests never reach the network: a developer's LATENTCACHE_DATA_HUB=1 does not turn the Hub loader on."""
     monkeypatch.delenv("LATENTCACHE_DATA_HUB", raising=False)
+
+
+# ---- the real default base (slow tests) -------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """SmolLM2-135M-Instruct's checkpoint, fetched once into the checkout's cache (unless LATENTCACHE_HOME says
+    elsewhere)."""
+    import os
+    from pathlib import Path
+
+    os.environ.setdefault("LATENTCACHE_HOME", str(Path(__file__).resolve().parents[1] / ".cache"))
+    from latentcache.registry import fetch
+
+    return Path(fetch("smollm2-135m-instruct"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_fp16(smollm2_dir, tmp_path_factory):
+    """SmolLM2 exported once in fp16 (max_seq 512, the Jetson precision): the ONNX Runtime parity test and the
+    TensorRT-RTX build both read it (two exports of it cost CI about a minute)."""
+    from latentcache.export.onnx_export import ExportConfig, export_artifacts
+
+    return export_artifacts(ExportConfig(base=smollm2_dir, out=tmp_path_factory.mktemp("smollm2") / "fp16",
+                                         dtype="fp16", max_seq=512), progress=lambda _: None)

@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "List three prime numbers."]
-
-
-@pytest.fixture(scope="module")
-def smollm2_dir():
-    os.environ.setdefault("LATENTCACHE_HOME", str(Path(__file__).resolve().parents[1] / ".cache"))
-    from latentcache.registry import fetch
-
-    return fetch("smollm2-135m-instruct")
-
-
-def export(base, out, dtype):
-    from latentcache.export.onnx_export import ExportConfig, export_artifacts
-
-    return export_artifacts(ExportConfig(base=base, out=out, dtype=dtype, max_seq=256), progress=lambda m: None)
 
 
 def reference_tokens(base_dir, ids, count):
@@ -61,13 +44,13 @@ def test_fp32_greedy_64_tokens_identical_and_chat_template_matches_transformers(
     assert "Paris" in answer
 
 
-def test_fp16_logits_cosine_and_16_greedy_tokens(smollm2_dir, tmp_path):
+def test_fp16_logits_cosine_and_16_greedy_tokens(smollm2_dir, smollm2_fp16):
     from latentcache.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from latentcache.runtime.generator import Generator
     from latentcache.contract.manifest import load_manifest
     from latentcache.model.generate import prefill
 
-    artifacts = export(smollm2_dir, tmp_path / "fp16", "fp16")
+    artifacts = smollm2_fp16
     generator = Generator(OnnxRuntimeBackend(artifacts, load_manifest(artifacts), separate_decode=True))
     from latentcache.runtime.tokenizer import Tokenizer
 
