@@ -50,7 +50,7 @@ class ExportConfig:
     max_seq: int | None = None  # None: min(DEFAULT_MAX_SEQ, the model's positions)
     batch: int = 1
     kv_update: str = "inplace"
-    weights: str = "float"  # "float": weights in --dtype; "int8"/"int4": weight-only quantized (export.quantize)
+    weights: str = "float"  # "float": weights in --dtype; "int8"/"int4"/"int4-hqq": weight-only (export.quantize)
     # A LoRA coprocessor's adapters: "unmerged" keeps them beside the base's own weights (stored once with the
     # base's in weights.bin); "merged" folds them into a second full copy (one MatMul per projection).
     lora: str = "unmerged"

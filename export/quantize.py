@@ -4,14 +4,21 @@
   ``BLOCK_SIZE`` along the reduction axis, opset 21) feeding the MatMul. One graph serves every consumer: ONNX
   Runtime fuses DequantizeLinear + MatMul into its MatMulNBits kernel when it loads the graph (checked on 1.32: the
   optimized graph holds MatMulNBits only, 0.14 ms against 1.9 ms for a 2048x8192 fp32 GEMV), TensorRT reads the
-  standard operators (weight-only int4).
+  standard operators (weight-only int4). Round-to-nearest, symmetric (TensorRT imports signed int4 without zero
+  points only): on SmolLM2-135M it costs +40 % perplexity (docs/results.md).
+- ``int4-hqq``: ONNX Runtime's HQQ quantizer for the projections (per block a scale and a *float* zero point,
+  optimized without calibration data) and its 8-bit MatMulNBits for the LM head; an ONNX Runtime graph. Float zero
+  points are what the default SmolLM2 needs (its weights are a dequantized Q4_1 GGUF, ``d * q + m`` per block: an
+  integer zero point cannot hold ``m``; benchmarks/int4_grids.py), but ONNX Runtime's CPU MatMulNBits runs them
+  14 times slower than uint4 zero points (measured, 1.32). So each zero point is split
+  (``split_float_zero_points``): its integer part goes to the fast uint4 kernel, and the remainder, constant per
+  block, adds ``block_sums(x) @ C``, where ``block_sums`` sums the activation over each block of K (one small MatMul
+  per distinct input) and ``C`` is ``[K / block, N]``: the same products, to fp32 rounding.
 - ``int8``: ONNX Runtime's MatMulNBits with 8 bits (its quantizer writes 8-bit weights in that form only, and
   ONNX Runtime runs unfused int8 DequantizeLinear + MatMul slower than fp32): an ONNX Runtime graph; TensorRT
   builds refuse it and say to export int4 or a float format for TensorRT.
 Embeddings (Gather) stay in the export dtype: a decode step reads one row of them, so they cost memory, not
 bandwidth (ONNX Runtime's GatherBlockQuantized would shrink them but no other consumer reads it).
-Round-to-nearest (what the quantizer does without calibration data): int4 symmetric (TensorRT imports signed int4
-without zero points only), int8 asymmetric. On SmolLM2-135M int8 keeps perplexity, int4 costs +40 % (docs/results.md).
 """
 
 from __future__ import annotations
@@ -19,13 +26,19 @@ from __future__ import annotations
 import ast
 import contextlib
 import logging
+import warnings
 from pathlib import Path
 
-QUANTIZED_BITS = {"int4": 4, "int8": 8}
+QUANTIZED_BITS = {"int4": 4, "int4-hqq": 4, "int8": 8}
 BLOCK_SIZE = 32  # llama.cpp's Q4_0/Q4_1 block, onnxruntime-genai's int4 default for CPU is 32 as well
-CONSUMERS = {"int4": ("onnxruntime", "tensorrt"), "int8": ("onnxruntime",)}
+CONSUMERS = {"int4": ("onnxruntime", "tensorrt"), "int4-hqq": ("onnxruntime",), "int8": ("onnxruntime",)}
 FORMS = {"int4": "DequantizeLinear (int4, symmetric blocks along K) + MatMul; ONNX Runtime fuses it into MatMulNBits",
+         "int4-hqq": "com.microsoft MatMulNBits (4 bits, uint4 zero points) + block sums @ zero-point remainders; "
+                     "LM head MatMulNBits (8 bits)",
          "int8": "com.microsoft MatMulNBits (8 bits)"}
+METHODS = {"int4": "round-to-nearest", "int4-hqq": "HQQ (ONNX Runtime's HQQ quantizer), LM head round-to-nearest",
+           "int8": "round-to-nearest"}
+HEAD_SUFFIX = "lm_head.weight.T"  # the LM head's MatMul weight, as name_weights_after_modules names it
 
 
 def weights_description(weights: str, dtype: str) -> dict:
@@ -33,8 +46,9 @@ def weights_description(weights: str, dtype: str) -> dict:
     if weights not in QUANTIZED_BITS:
         return {"format": weights, "consumers": ["onnxruntime", "tensorrt"]}
     return {"format": weights, "bits": QUANTIZED_BITS[weights], "block_size": BLOCK_SIZE,
-            "symmetric": weights == "int4", "method": "round-to-nearest",
-            "form": FORMS[weights], "quantized": "every MatMul weight, the LM head included",
+            "symmetric": weights == "int4", "method": METHODS[weights],
+            "form": FORMS[weights], "quantized": "every MatMul weight, the LM head included"
+            + (" (at 8 bits)" if weights == "int4-hqq" else ""),
             "unquantized": f"embeddings, norms, biases ({dtype})", "consumers": list(CONSUMERS[weights])}
 
 
@@ -42,7 +56,7 @@ def quantize_weights(model, weights: str):
     """``model`` (an ONNX ModelProto with in-memory weights) with its MatMul weights quantized to ``weights``."""
     with quiet_quantizer():
         from onnxruntime.quantization import QuantFormat
-        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig
 
     lm_head_as_matmul(model)
     name_weights_after_modules(model)
@@ -50,6 +64,8 @@ def quantize_weights(model, weights: str):
     # Only nn.Linear weights: LoRA adapters (x @ A^T @ B^T; rank 16 is under 5 % of the base's bytes) stay as exported.
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in initializers
               and not n.input[1].endswith(WEIGHT_SUFFIX)]
+    if weights == "int4-hqq":
+        return quantize_hqq(model, others)
     # int8's MatMulNBits multiplies in int8 only at accuracy level 4 (196 ms per SmolLM2 decode step in fp32: it
     # dequantizes every weight per call); int4's level is the session's (it fuses at load, default 4). int4 is
     # symmetric: TensorRT reads signed int4 without zero points only (uint4 + zero points fail to import).
@@ -59,10 +75,98 @@ def quantize_weights(model, weights: str):
         quant_format=QuantFormat.QDQ if weights == "int4" else QuantFormat.QOperator,
         op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),),
     )
-    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=others, algo_config=config)
+    return run_quantizer(model, others, config)
+
+
+def run_quantizer(model, nodes_to_exclude: list[str], config):
     with quiet_quantizer():
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=nodes_to_exclude, algo_config=config)
         quantizer.process()
     return quantizer.model.model
+
+
+def quantize_hqq(model, others: list[str]):
+    """``int4-hqq``: HQQ projections (zero points split for the uint4 kernel), then the LM head at 8 bits."""
+    with quiet_quantizer():
+        from onnxruntime.quantization import QuantFormat
+        from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                     HQQWeightOnlyQuantConfig)
+
+    heads = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1].endswith(HEAD_SUFFIX)]
+    model = run_quantizer(model, others + heads, HQQWeightOnlyQuantConfig(
+        block_size=BLOCK_SIZE, bits=4, op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),)))
+    split_float_zero_points(model)
+    initializers = {t.name for t in model.graph.initializer}
+    not_heads = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in initializers
+                 and not n.input[1].endswith(HEAD_SUFFIX)]  # adapters, block sums, zero-point corrections
+    # The LM head is a Q8_0 matrix in the default SmolLM2 GGUF: at 4 bits it alone costs +9 % perplexity, at 8
+    # bits nothing measurable (benchmarks/int4_grids.py). Level 4: int8 products, the fast CPU path.
+    return run_quantizer(model, not_heads, DefaultWeightOnlyQuantConfig(
+        block_size=BLOCK_SIZE, is_symmetric=False, bits=8, accuracy_level=4, quant_format=QuantFormat.QOperator,
+        op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),)))
+
+
+ZERO_CORRECTION = ".zero_correction"  # + the weight's name: C [K / block, N] of split_float_zero_points
+BLOCK_SUMS = "block_sums_"  # + K: the [K, K / block] 0/1 matrix that sums an activation over each block
+
+
+def split_float_zero_points(model) -> None:
+    """Rewrite each 4-bit MatMulNBits with float zero points ``z`` (HQQ's) as the uint4 kernel plus a correction.
+
+    ``B[k, n] = s[n, b] * (q[n, k] - z[n, b])`` for ``k`` in block ``b``. With ``z = r + (z - r)``, ``r`` the
+    nearest integer in 0..15: ``x @ B = MatMulNBits(x; q, s, r) + block_sums(x) @ C`` with ``C[b, n] = s[n, b] *
+    (r[n, b] - z[n, b])``. Also sets accuracy level 4 (int8 products: HQQ's nodes come without one, and level 0
+    runs 3 times slower on the CPU)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    sums: dict[str, str] = {}  # activation -> its block sums
+    nodes = []
+    for node in model.graph.node:
+        zero = initializers.get(node.input[3]) if node.op_type == "MatMulNBits" and len(node.input) > 3 else None
+        if zero is None or zero.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16):
+            nodes.append(node)
+            continue
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        k, n, block = attributes["K"], attributes["N"], attributes["block_size"]
+        blocks = -(-k // block)
+        scale = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float32).reshape(n, blocks)
+        exact = numpy_helper.to_array(zero).astype(np.float32).reshape(n, blocks)
+        rounded = np.clip(np.rint(exact), 0, 15)
+        packed = np.zeros((n, (blocks + 1) // 2), dtype=np.uint8)  # two per byte, low nibble first, rows padded
+        packed |= rounded[:, 0::2].astype(np.uint8)
+        packed[:, : blocks // 2] |= rounded[:, 1::2].astype(np.uint8) << 4
+        weight = node.input[1].rsplit("_Q", 1)[0]
+        zero_name, correction = f"{weight}_zero_points_u4", f"{weight}{ZERO_CORRECTION}"
+        model.graph.initializer.extend([
+            numpy_helper.from_array(packed.reshape(-1), zero_name),
+            numpy_helper.from_array(np.ascontiguousarray((scale * (rounded - exact)).T), correction)])
+        activation = node.input[0]
+        if activation not in sums:
+            sums[activation] = f"{activation}.block_sums"
+            if f"{BLOCK_SUMS}{k}" not in initializers:
+                indicator = (np.arange(k)[:, None] // block == np.arange(blocks)[None]).astype(np.float32)
+                initializers[f"{BLOCK_SUMS}{k}"] = numpy_helper.from_array(indicator, f"{BLOCK_SUMS}{k}")
+                model.graph.initializer.append(initializers[f"{BLOCK_SUMS}{k}"])
+            nodes.append(helper.make_node("MatMul", [activation, f"{BLOCK_SUMS}{k}"], [sums[activation]],
+                                          name=f"{activation}.block_sums"))
+        output = node.output[0]
+        kernel = helper.make_node("MatMulNBits", [activation, node.input[1], node.input[2], zero_name],
+                                  [f"{output}.uint4"], name=node.name, domain=node.domain,
+                                  **{**attributes, "accuracy_level": 4})
+        nodes += [kernel, helper.make_node("MatMul", [sums[activation], correction], [f"{output}.correction"],
+                                           name=f"{node.name}.correction"),
+                  helper.make_node("Add", [f"{output}.uint4", f"{output}.correction"], [output],
+                                   name=f"{node.name}.add")]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {name for node in model.graph.node for name in node.input}
+    keep = [t for t in model.graph.initializer if t.name in used]  # the float zero points are gone
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
 
 
 def lm_head_as_matmul(model) -> None:
@@ -139,6 +243,7 @@ def dequantized_linears(graph: str | Path) -> dict[str, "np.ndarray"]:
     the graph multiplies by, to load into the PyTorch reference so a parity test checks the graph, not the rounding."""
     import numpy as np
     import onnx
+    from onnx import numpy_helper
 
     model = onnx.load(str(graph))
     initializers = {t.name: t for t in model.graph.initializer}
@@ -153,7 +258,12 @@ def dequantized_linears(graph: str | Path) -> dict[str, "np.ndarray"]:
         elif node.op_type == "MatMulNBits":
             k = next(a.i for a in node.attribute if a.name == "K")
             eye = np.eye(k, dtype=np.float32)
-            weights[module] = _run_alone(model, node, initializers, eye).T
+            product = _run_alone(model, node, initializers, eye)
+            correction = initializers.get(f"{module}{WEIGHT_SUFFIX}{ZERO_CORRECTION}")  # int4-hqq's remainders
+            if correction is not None:
+                block = next(a.i for a in node.attribute if a.name == "block_size")
+                product = product + np.repeat(numpy_helper.to_array(correction), block, axis=0)[:k]
+            weights[module] = product.T
     return weights
 
 
@@ -214,7 +324,9 @@ def quiet_quantizer():
     handlers, root_level, level = root.handlers[:], root.level, logger.level
     logger.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():  # HQQ hands torch a read-only numpy view of a weight it only reads
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            yield
     finally:
         root.handlers[:], root.level = handlers, root_level
         logger.setLevel(level)

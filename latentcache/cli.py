@@ -245,9 +245,11 @@ def evaluate(**options) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifacts directory to write.")
 @click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "bf16"]),
               help="fp32 runs on every backend; bf16/fp16 halve the weights for TensorRT and ONNX Runtime CUDA.")
-@click.option("--weights", default="float", show_default=True, type=click.Choice(["float", "int8", "int4"]),
-              help="float: weights in --dtype; int4/int8: weight-only quantized projections and LM head, fp32 "
-                   "activations (int4 runs on ONNX Runtime and TensorRT, int8 on ONNX Runtime).")
+@click.option("--weights", default="float", show_default=True,
+              type=click.Choice(["float", "int8", "int4", "int4-hqq"]),
+              help="float: weights in --dtype; int4/int8/int4-hqq: weight-only quantized projections and LM head, fp32 "
+                   "activations. int4 (round-to-nearest) runs on ONNX Runtime and TensorRT; int4-hqq (HQQ, LM head at "
+                   "8 bits: near fp32 quality) and int8 on ONNX Runtime.")
 @click.option("--max-seq", type=int, help="kv-cache capacity in tokens (default: min(2048, the model's positions)).")
 @click.option("--batch", default=1, show_default=True, type=int, help="Static batch of the graphs.")
 @click.option("--lora", default="unmerged", show_default=True, type=click.Choice(["unmerged", "merged"]),

@@ -28,7 +28,9 @@ DEFAULT_SET = ("llama-gqa-tied", "mistral-sliding", "gemma2")
 
 
 # Weight-only quantized graphs, against the reference holding the graphs' dequantized weights.
-QUANTIZED = [("llama-gqa-tied", "int4"), ("qwen2-bias", "int8"), pytest.param(("gemma2", "int4"), marks=pytest.mark.slow)]
+# int4-hqq on the tied model: its LM head (the embedding's transpose) goes to 8 bits, the projections to HQQ int4.
+QUANTIZED = [("llama-gqa-tied", "int4"), ("qwen2-bias", "int8"), ("llama-gqa-tied", "int4-hqq"),
+             pytest.param(("gemma2", "int4"), marks=pytest.mark.slow)]
 # ONNX Runtime's fused attention (--ops onnxruntime), batch 1: its kernel absorbs no latents at batch > 1.
 # llama's head size (8) rotates before the node, gemma3's (16) inside it (two rope kinds, qk-norm, sliding layers).
 FUSED = [("llama-gqa-tied", "float", "onnxruntime"), ("gemma3", "int4", "onnxruntime")]
@@ -150,7 +152,7 @@ def test_artifacts_are_as_readable_as_other_model_files(exported):
         assert path.stat().st_mode & 0o444 & ~umask == 0o444 & ~umask, path.name
 
 
-@pytest.mark.parametrize("weights", ["int4", "int8"])
+@pytest.mark.parametrize("weights", ["int4", "int8", "int4-hqq"])
 def test_quantized_graphs_store_every_projection_once_and_say_so(tmp_path, weights):
     """Every projection (the LM head included) quantized, base weights shared by prefill and decode on disk, and the
     manifest naming the form and the backends that read it."""
@@ -168,9 +170,44 @@ def test_quantized_graphs_store_every_projection_once_and_say_so(tmp_path, weigh
         assert not float_weights
     names = {t.name: t for t in onnx.load(str(quantized.artifacts / "decode.onnx"), load_external_data=False).graph.initializer}
     prefill = onnx.load(str(quantized.artifacts / "prefill.onnx"), load_external_data=False)
-    shared = [t for t in prefill.graph.initializer if t.name.endswith("_Q4" if weights == "int4" else "_Q8")]
+    if weights == "int4-hqq":  # the LM head at 8 bits, every projection at 4
+        assert [t.name for t in prefill.graph.initializer if t.name.endswith("_Q8")] == ["base.lm_head.weight.T_Q8"]
+    shared = [t for t in prefill.graph.initializer if t.name.endswith("_Q8" if weights == "int8" else "_Q4")]
     assert shared and all({e.key: e.value for e in t.external_data} ==
                           {e.key: e.value for e in names[t.name].external_data} for t in shared)  # one copy on disk
+
+
+def test_hqq_zero_points_split_for_the_uint4_kernel_keep_the_float_zero_points_weights(tmp_path):
+    """int4-hqq: a 4-bit MatMulNBits with HQQ's float zero points equals, weight for weight, the uint4 kernel plus
+    the block-sum correction that replaces it, and ONNX Runtime runs the rewritten graph to the same products."""
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
+
+    from latentcache.export import quantize
+
+    k, n = 80, 24  # K not a multiple of the block: the last block is partial
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(k, n)).astype(np.float32) + rng.normal(size=(1, n)).astype(np.float32)  # off-centre
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "proj.weight.T"], ["y"], name="proj")], "one",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, n])],
+                              [numpy_helper.from_array(weight, "proj.weight.T")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    model = quantize.run_quantizer(model, [], HQQWeightOnlyQuantConfig(block_size=32, bits=4))
+    onnx.save(model, str(tmp_path / "float_zero_points.onnx"))
+    float_zero = quantize.dequantized_linears(tmp_path / "float_zero_points.onnx")["proj"]
+    zeros = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_zero_points"))
+    assert np.abs(zeros - np.rint(zeros)).max() > 0.1  # HQQ's zero points are not integers: the split matters
+    quantize.split_float_zero_points(model)
+    onnx.save(model, str(tmp_path / "split.onnx"))
+    assert {node.op_type for node in model.graph.node} == {"MatMulNBits", "MatMul", "Add"}
+    np.testing.assert_allclose(quantize.dequantized_linears(tmp_path / "split.onnx")["proj"], float_zero, atol=1e-5)
+    assert np.abs(float_zero.T - weight).max() < np.abs(weight).max() / 8  # and it is a 4-bit copy of the weight
+    x = rng.normal(size=(3, k)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(tmp_path / "split.onnx"), providers=["CPUExecutionProvider"])
+    expected = x @ float_zero.T
+    assert np.abs(session.run(None, {"x": x})[0] - expected).max() < 0.02 * np.abs(expected).max()  # int8 products
 
 
 def test_quantized_weights_keep_fp32_activations(tmp_path):
@@ -179,7 +216,7 @@ def test_quantized_weights_keep_fp32_activations(tmp_path):
 
     with pytest.raises(LatentcacheError, match="--weights int4 keeps fp32 activations: drop --dtype fp16"):
         ExportConfig(base=tmp_path / "b", out=tmp_path / "o", dtype="fp16", weights="int4")
-    with pytest.raises(LatentcacheError, match="--weights must be float, int4, int8, got 'int3'"):
+    with pytest.raises(LatentcacheError, match="--weights must be float, int4, int4-hqq, int8, got 'int3'"):
         ExportConfig(base=tmp_path / "b", out=tmp_path / "o", weights="int3")
 
 

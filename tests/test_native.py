@@ -119,7 +119,7 @@ def test_greedy_tokens_equal_python_runtime(native, exports, arch, kv):
     check_parity(native, exports(arch, kv))
 
 
-@pytest.mark.parametrize("weights", ["int4", "int8"])
+@pytest.mark.parametrize("weights", ["int4", "int8", "int4-hqq"])
 def test_quantized_artifacts_give_the_python_runtimes_tokens(native, tmp_path, weights):
     """The same ONNX Runtime fuses and runs the quantized graphs under the native runtime as under Python."""
     check_parity(native, export_tiny("qwen2-bias", tmp_path, batch=1, max_seq=64, weights=weights).artifacts)

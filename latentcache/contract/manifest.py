@@ -153,8 +153,9 @@ class Manifest:
     sources: dict = field(default_factory=dict)  # where base/coprocessor came from (the torch reference backend)
     version: int = MANIFEST_VERSION
     augmentation: str = ""  # one of AUGMENTATIONS with a coprocessor, else ""
-    # How the graphs store weights: {"format": "fp32"|"fp16"|"bf16"|"int8"|"int4", "consumers": [backends that read
-    # the graphs], and for int formats bits, block_size, symmetric, method, form}. Before version 3: the dtype.
+    # How the graphs store weights: {"format": "fp32"|"fp16"|"bf16"|"int8"|"int4"|"int4-hqq", "consumers": [backends
+    # that read the graphs], and for int formats bits, block_size, symmetric, method, form}. Before version 3: the
+    # dtype.
     weights: dict = field(default_factory=dict)
     # "standard" (ONNX operators every backend reads) or "onnxruntime" (ONNX Runtime's fused attention; only it reads
     # them). Same I/O contract either way.

@@ -15,7 +15,8 @@ ONNX Runtime (the static decode graph exists for TensorRT's CUDA graphs). ``sepa
 Quantized weights (``--weights int4``): ONNX Runtime fuses each DequantizeLinear + MatMul into MatMulNBits as
 it loads the graph and, by default, multiplies in int8 (activations quantized per block on the fly, its
 ``accuracy_level`` 4: the fast CPU path); ``int8_activations=False`` keeps fp32 products, so the graph computes
-exactly what its dequantized weights define.
+exactly what its dequantized weights define. ``int8`` and ``int4-hqq`` graphs hold MatMulNBits nodes with level 4
+already: int8 products either way.
 
 Fixed shapes and CUDA graphs (``fixed_shapes``; on by default on CUDA, where it is what ``cuda_graphs`` needs):
 decode steps, absorbs and the coprocessor run from input buffers allocated once on the device at one shape each,
