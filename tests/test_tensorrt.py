@@ -10,7 +10,6 @@ was captured with).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -698,7 +697,7 @@ def test_smollm2_builds_with_tensorrt_rtx(request):
     """The real default base in fp16 (the Jetson precision; fp32 builds the same graph, measured: 25 s), exported
     once for the slow set (max_seq 512), built in a child process; report time and peak RSS."""
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
-    artifacts, dtype = request.getfixturevalue("smollm2_fp16"), "fp16"
+    artifacts = request.getfixturevalue("smollm2_fp16")
     started = time.perf_counter()
     script = ("import resource, sys; from latentcache.export.tensorrt_build import build_engines; "
               "build_engines(sys.argv[1], 'tensorrt_rtx', progress=lambda _: None); "
@@ -708,7 +707,6 @@ def test_smollm2_builds_with_tensorrt_rtx(request):
     peak = int(done.stdout.split()[-1]) / 2**10  # ru_maxrss is in KiB on Linux
     for graph in ("prefill", "decode"):
         meta = EngineMetadata.read(trt_support.metadata_path(artifacts, "tensorrt_rtx", graph))
-        print(f"SmolLM2 {dtype} {graph}: build {meta.build_seconds:.1f} s, engine {meta.engine_bytes / 2**20:.1f} MiB")
-    print(f"SmolLM2 {dtype}: whole build {seconds:.1f} s, peak RSS of the build process {peak:.0f} MiB")
-    assert json.loads((artifacts / contract.MANIFEST_FILE).read_text())["dtype"] == ("float32" if dtype == "fp32"
-                                                                                      else "float16")
+        print(f"SmolLM2 fp16 {graph}: build {meta.build_seconds:.1f} s, engine {meta.engine_bytes / 2**20:.1f} MiB")
+    print(f"SmolLM2 fp16: whole build {seconds:.1f} s, peak RSS of the build process {peak:.0f} MiB")
+    assert json.loads((artifacts / contract.MANIFEST_FILE).read_text())["dtype"] == "float16"
