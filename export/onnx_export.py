@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import logging
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,11 +31,11 @@ from latentcache.contract.files import (
     staging_directory,
 )
 from latentcache.errors import LatentcacheError
+from latentcache.export.weight_store import WEIGHT_INDEX_FILE, WEIGHTS_FILE, WeightStore
 from latentcache.limits import cache_bytes, check_memory
 from latentcache.progress import Steps
 
 DEFAULT_MAX_SEQ = 2048  # the kv-cache capacity when --max-seq is not given (or the model's positions, if fewer)
-WEIGHTS_FILE = "weights.bin"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
@@ -105,36 +104,6 @@ def check_replaceable(config: ExportConfig) -> None:
     if (out.is_symlink() or out.exists()) and (not out.is_dir() or out.is_symlink() or any(out.iterdir())) \
             and not config.force:
         raise LatentcacheError(f"{out} exists and is not empty: choose another --out or pass --force to replace it")
-
-
-@dataclass
-class WeightStore:
-    """One external-data file shared by every graph; identical tensors are stored once."""
-
-    path: Path
-    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
-    min_bytes: int = 1024
-
-    def externalize(self, model) -> None:
-        from onnx import TensorProto
-
-        with open(self.path, "ab") as handle:
-            for tensor in model.graph.initializer:
-                data = tensor.raw_data
-                if len(data) < self.min_bytes:
-                    continue
-                key = hashlib.sha256(data).hexdigest()
-                if key not in self.offsets:
-                    offset = handle.tell()
-                    handle.write(data + b"\0" * (-len(data) % 64))  # 64-byte aligned tensors
-                    self.offsets[key] = (offset, len(data))
-                offset, length = self.offsets[key]
-                tensor.ClearField("raw_data")
-                tensor.data_location = TensorProto.EXTERNAL
-                del tensor.external_data[:]
-                for k, v in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
-                    entry = tensor.external_data.add()
-                    entry.key, entry.value = k, v
 
 
 @dataclass(frozen=True)
@@ -252,7 +221,7 @@ def export_graph(plan: GraphPlan, opset: int, store: WeightStore, directory: Pat
     for node in model.graph.node:  # the exporter's stack traces and FX text: most of a graph file's bytes, and paths
         del node.metadata_props[:]  # of the machine that exported it
     check_io(model, plan)
-    store.externalize(model)
+    store.externalize(model, plan.name)
     path = directory / f"{plan.name}.onnx"
     onnx.save_model(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)  # full_check runs strict shape inference
@@ -399,6 +368,7 @@ def export_artifacts(config: ExportConfig, progress: Callable[[str], None] | Non
                     f"{config.kv_update} kv update"
                 with steps.step(f"exporting {plan.name}.onnx ({kind}, {form})"):
                     graphs[plan.name] = export_graph(plan, OPSET[config.kv_update], store, staging, config.weights)
+            store.write_index()
             tokenizer_files, template = copy_tokenizer(Path(config.base), staging)
             manifest = build_manifest(base, coprocessor, config, dtype, graphs, tokenizer_files, template, staging)
             (staging / contract.MANIFEST_FILE).write_text(manifest.to_json())
@@ -450,6 +420,7 @@ def build_manifest(base, coprocessor, config, dtype, graphs, tokenizer_files, te
         opset=OPSET[config.kv_update],
         tool_versions=tool_versions(),
         files={name: sha256_of(staging / name) for name in files},
+        weight_index=WEIGHT_INDEX_FILE,
         coprocessor=coprocessor_metadata(config.coprocessor),
         sources={"base": str(Path(config.base).resolve()),
                  "coprocessor": str(Path(config.coprocessor).resolve()) if config.coprocessor else None},

@@ -6,6 +6,7 @@ write indices, masks and positions are all exercised. Tolerance 1e-4 (fp32).
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -208,6 +209,61 @@ def test_hqq_zero_points_split_for_the_uint4_kernel_keep_the_float_zero_points_w
     session = onnxruntime.InferenceSession(str(tmp_path / "split.onnx"), providers=["CPUExecutionProvider"])
     expected = x @ float_zero.T
     assert np.abs(session.run(None, {"x": x})[0] - expected).max() < 0.02 * np.abs(expected).max()  # int8 products
+
+
+def test_weight_index_shares_a_tensor_only_where_every_reader_takes_the_same_weights(tmp_path):
+    """weights.json: identical tensors are stored once, and a tensor is ``shared`` (one copy and one prepacked form
+    for every session) only where each operator type reads it with the same other weights: ONNX Runtime's prepacked
+    container would otherwise hand a MatMulNBits these codes packed with another node's scales."""
+    from onnx import helper, numpy_helper
+
+    from latentcache.export.weight_store import WeightStore
+
+    rng = np.random.default_rng(0)
+    codes, other = rng.integers(0, 256, (16, 2, 16), dtype=np.uint8), rng.normal(size=(16, 8)).astype(np.float32)
+
+    def model(scale: float):
+        nodes = [helper.make_node("MatMulNBits", ["x", "codes", "scales"], ["y"], domain="com.microsoft", K=64, N=16,
+                                  bits=4, block_size=32), helper.make_node("MatMul", ["y", "other"], ["z"])]
+        weights = [numpy_helper.from_array(codes, "codes"), numpy_helper.from_array(other, "other"),
+                   numpy_helper.from_array(np.full(32, scale, np.float32), "scales")]
+        return helper.make_model(helper.make_graph(nodes, "g", [], [], weights))
+
+    def index_of(*scales):
+        store = WeightStore(tmp_path / f"{len(scales)}.bin", min_bytes=64)
+        for i, scale in enumerate(scales):
+            store.externalize(model(scale), f"graph{i}")
+        index = json.loads(store.write_index().read_text())
+        return {g: {e["name"]: (e["offset"], e["shared"]) for e in entries} for g, entries in index["graphs"].items()}
+
+    same = index_of(1.0, 1.0)
+    assert same["graph0"] == same["graph1"] and all(shared for _, shared in same["graph0"].values())
+    assert (tmp_path / "2.bin").stat().st_size == 512 + 512 + 128  # codes, other, scales: each once
+    differ = index_of(1.0, 1.0, 2.0)
+    assert not any(differ[g]["codes"][1] for g in differ)  # read with two different scales: never shared
+    assert differ["graph2"]["scales"][0] != differ["graph0"]["scales"][0] and differ["graph2"]["other"][1]
+
+
+def test_weight_index_names_each_graphs_initializers_where_they_lie(tmp_path):
+    """Every entry of weights.json is the graph's own tensor at that offset, and an unmerged LoRA coprocessor's base
+    weights are the prefill graph's (same bytes, marked shared): what the native runtime maps once for both."""
+    from onnx import numpy_helper
+
+    artifacts = export_tiny("qwen2-bias", tmp_path, batch=1, weights="int8").artifacts
+    manifest = load_manifest(artifacts)
+    index = json.loads((artifacts / manifest.weight_index).read_text())
+    stored = (artifacts / index["file"]).read_bytes()
+    for graph, entries in index["graphs"].items():
+        model = onnx.load(str(artifacts / manifest.graphs[graph].file))  # external data resolved by onnx itself
+        tensors = {t.name: t for t in model.graph.initializer}
+        assert entries and len({e["name"] for e in entries}) == len(entries)
+        for entry in entries:
+            tensor = tensors[entry["name"]]
+            assert (entry["data_type"], entry["dims"]) == (tensor.data_type, list(tensor.dims))
+            assert stored[entry["offset"]:entry["offset"] + entry["length"]] == numpy_helper.to_array(tensor).tobytes()
+    prefill = {e["offset"] for e in index["graphs"]["prefill"] if e["shared"]}
+    base_codes = [e for e in index["graphs"]["coprocessor"] if e["name"].endswith(".base.weight.T_Q8")]
+    assert len(base_codes) >= 9 and all(e["shared"] and e["offset"] in prefill for e in base_codes)
 
 
 def test_quantized_weights_keep_fp32_activations(tmp_path):

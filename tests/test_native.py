@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -154,6 +155,20 @@ def test_coprocessor_changes_the_tokens_and_separate_decode_agrees(native, expor
     assert separate["tokens"][:8] == base["tokens"][:8]  # decode.onnx vs the one-token prefill: fp32 noise only
 
 
+@pytest.mark.parametrize("weights", ["float", "int8"])
+def test_sessions_hold_the_base_weights_once_and_give_the_same_tokens(native, tmp_path, weights):
+    """The prefill and LoRA-coprocessor sessions share weights.bin's tensors (one mapping, one prepacked copy): the
+    base's projections are handed to both, and the tokens equal those of sessions that each load their own."""
+    artifacts = export_tiny("qwen2-bias", tmp_path, batch=1, max_seq=64, weights=weights).artifacts
+    options = ("--raw", "--max-new-tokens", NEW_TOKENS, "--bench")
+    shared = native_tokens(native, artifacts, PROMPT, *options)
+    alone = native_tokens(native, artifacts, PROMPT, *options, "--no-share-weights")
+    assert shared["tokens"] == alone["tokens"] and "weights: per session (--no-share-weights)" in alone["backend"]
+    held = re.search(r"weights: (\d+) weight tensors \(.*\) mapped once for 2 sessions", shared["backend"])
+    index = json.loads((artifacts / "weights.json").read_text())["graphs"]
+    assert held and int(held[1]) == len({e["offset"] for entries in index.values() for e in entries}), shared["backend"]
+
+
 @pytest.mark.parametrize("arch,kv", [("llama-gqa-tied", "inplace"), ("mistral-sliding", "portable")])
 def test_text_equals_python_cli(native, exports, arch, kv):
     artifacts = exports(arch, kv)
@@ -254,6 +269,18 @@ def test_every_file_must_be_hashed(native, copy):
     del manifest["files"]["weights.bin"]
     reseal(copy, manifest)
     assert_one_line_error(run_native(native, copy, PROMPT, check=False), "no sha256 for weights.bin")
+
+
+def test_a_weight_index_beyond_its_file_is_one_line(native, copy):
+    from latentcache.contract.files import sha256_of
+
+    index = json.loads((copy / "weights.json").read_text())
+    index["graphs"]["prefill"][0]["offset"] = (copy / "weights.bin").stat().st_size
+    (copy / "weights.json").write_text(json.dumps(index))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["weights.json"] = sha256_of(copy / "weights.json")
+    reseal(copy, manifest)
+    assert_one_line_error(run_native(native, copy, PROMPT, check=False), "weights.json", "beyond the end of")
 
 
 def test_not_an_artifacts_directory(native, tmp_path):

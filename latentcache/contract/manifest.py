@@ -160,6 +160,10 @@ class Manifest:
     # "standard" (ONNX operators every backend reads) or "onnxruntime" (ONNX Runtime's fused attention; only it reads
     # them). Same I/O contract either way.
     ops: str = "standard"
+    # The index of weights.bin (export/weight_store.py: per graph, each initializer stored there, its offset, length,
+    # type and dims, and whether sessions may share it), so a runtime can load every tensor once for all its sessions;
+    # "" in artifacts exported before it existed.
+    weight_index: str = ""
     # sha256 of the manifest's own canonical JSON without this field (``to_json`` fills it): detects an edited
     # or damaged manifest. A checksum, not a signature: whoever can edit the file can recompute it.
     integrity: str = ""
@@ -225,6 +229,7 @@ class Manifest:
     def referenced_files(self) -> list[str]:
         """Every path the runtime opens in the artifacts folder: graphs, tokenizer files, the chat template."""
         names = [graph.file for graph in self.graphs.values()] + list(self.tokenizer_files)
+        names += [self.weight_index] if self.weight_index else []
         return names + ([self.chat_template] if self.chat_template else [])
 
     @staticmethod

@@ -28,6 +28,7 @@ struct BackendOptions {
     std::string name = "ort-cpu";  // ort-cpu | ort-cuda | tensorrt
     int threads = 0;               // ONNX Runtime intra-op threads; 0: min(cores, 8) as the Python backend
     bool separateDecode = false;   // ONNX Runtime: load decode.onnx too (default: decode on the prefill session)
+    bool shareWeights = true;      // ONNX Runtime CPU: one copy of weights.bin's tensors for every session
 };
 
 std::unique_ptr<Backend> openBackend(const std::string& artifacts, const Manifest& manifest, const BackendOptions& options);

@@ -2,11 +2,13 @@
 // The same steps and defaults as `latentcache run` (latentcache/cli.py): chat template on unless --raw,
 // the coprocessor once after the prompt when the artifacts have one, unless --no-coprocessor.
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <numeric>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <onnxruntime_cxx_api.h>
@@ -29,7 +31,7 @@ double sinceStart() {
 const char* kUsage =
     "usage: latentcache-run ARTIFACTS PROMPT [--no-coprocessor] [--max-new-tokens N] [--temperature T]\n"
     "       [--top-k K] [--top-p P] [--seed S] [--backend ort-cpu|ort-cuda|tensorrt] [--raw] [--threads N]\n"
-    "       [--separate-decode] [--bench] [--ids]\n";
+    "       [--separate-decode] [--no-share-weights] [--bench] [--ids]\n";
 
 std::string versionLine() {
     std::string line = std::string("latentcache-run (manifest version ") + std::to_string(kManifestVersion) +
@@ -81,6 +83,7 @@ Options parse(int argc, char** argv) {
         else if (arg == "--bench") o.bench = true;
         else if (arg == "--ids") o.ids = true;
         else if (arg == "--separate-decode") o.backend.separateDecode = true;
+        else if (arg == "--no-share-weights") o.backend.shareWeights = false;
         else if (arg == "--max-new-tokens") o.maxNewTokens = number<int64_t>(arg, value());
         else if (arg == "--temperature") o.sampling.temperature = number<double>(arg, value());
         else if (arg == "--top-k") o.sampling.topK = number<int64_t>(arg, value());
@@ -128,6 +131,14 @@ std::vector<int64_t> stopIds(const std::string& artifacts, const Manifest& manif
     } catch (const nlohmann::json::exception&) {
     }
     return ids;
+}
+
+// The resident set now (/proc/self/statm), in MiB: after the request, beside the peak.
+double residentMiB() {
+    std::ifstream statm("/proc/self/statm");
+    long pages = 0, resident = 0;
+    statm >> pages >> resident;
+    return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1 << 20);
 }
 
 double median(std::vector<double> values) {
@@ -219,6 +230,7 @@ int runRequest(const Options& o) {
         out["startup_to_first_token_s"] = firstTokenAtS;  // from process start (static initialisation)
         out["first_token_unix_s"] = firstTokenUnixS;       // wall clock, for a parent timing the whole process
         out["peak_rss_mb"] = usage.ru_maxrss / 1024.0;    // Linux: ru_maxrss is in KiB
+        out["rss_mb"] = residentMiB();                    // after the request: what the process holds on to
     }
     out["text"] = tokenizer.decode(stream.ids());
     std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;

@@ -195,6 +195,8 @@ static Manifest parseManifest(const json& data) {
     m.tokenizerFiles = data.at("tokenizer_files").get<std::vector<std::string>>();
     if (data.contains("chat_template") && data["chat_template"].is_string())
         m.chatTemplate = data["chat_template"].get<std::string>();
+    if (data.contains("weight_index") && data["weight_index"].is_string())
+        m.weightIndex = data["weight_index"].get<std::string>();
     if (data.contains("files")) m.files = data["files"].get<std::map<std::string, std::string>>();
     if (version.get<int>() == 1)  // written before the variants: the paper's, when there is a coprocessor at all
         m.augmentation = m.numLatents ? "paper" : "";
@@ -224,6 +226,7 @@ static void checkPaths(const std::string& directory, const Manifest& manifest) {
     std::vector<std::string> referenced = manifest.tokenizerFiles;
     for (const auto& [name, graph] : manifest.graphs) referenced.push_back(graph.file);
     if (manifest.chatTemplate) referenced.push_back(*manifest.chatTemplate);
+    if (!manifest.weightIndex.empty()) referenced.push_back(manifest.weightIndex);
     std::vector<std::string> named = referenced;
     for (const auto& [name, sha] : manifest.files) named.push_back(name);
     for (const auto& name : named) {

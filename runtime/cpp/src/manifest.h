@@ -68,6 +68,7 @@ struct Manifest {
     std::optional<std::string> chatTemplate;  // a file in the artifacts directory
     std::map<std::string, std::string> files;  // file -> sha256
     std::string augmentation;  // "gated" | "refeed" | "paper" with a coprocessor, else ""
+    std::string weightIndex;   // weights.bin's index (export/weight_store.py), "" in older artifacts
 
     // The runtime feeds the last token again after the latents and marks latent slots kLatentSlot.
     bool refeeds() const { return augmentation == "gated" || augmentation == "refeed"; }

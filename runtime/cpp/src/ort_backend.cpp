@@ -6,13 +6,16 @@
 //   cache-writing call, since one buffer as input and output of an arbitrary op is not safe;
 // - everything but the per-step inputs is bound once: one IoBinding per graph and buffer set;
 // - decode steps run on the prefill session by default (one token, no embedding rows): one copy of the
-//   weights instead of two, and the tokens the Python runtime's default gives.
+//   weights instead of two, and the tokens the Python runtime's default gives;
+// - on the CPU, the sessions (prefill, coprocessor) share weights.bin's tensors and their prepacked forms
+//   (shared_weights.h): the base's weights are held once with or without the coprocessor.
 #include <onnxruntime_cxx_api.h>
 
 #include <algorithm>
 #include <thread>
 
 #include "backend.h"
+#include "shared_weights.h"
 
 namespace latentcache {
 
@@ -52,6 +55,8 @@ private:
     bool cuda_, decodeOnPrefill_;
     Ort::Env env_{ORT_LOGGING_LEVEL_ERROR, "latentcache"};  // TensorScatter warns per call when it copies
     Ort::MemoryInfo cpu_ = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+    std::unique_ptr<SharedWeights> shared_;  // declared before the sessions, which use its memory: outlives them
+    std::string weightsNote_;                // why the weights are not shared, when they are not
     std::map<std::string, Ort::Session> sessions_;
     std::unique_ptr<Ort::Allocator> deviceAllocator_;
     std::vector<std::vector<Ort::Value>> caches_;  // [buffer set][2 * layer + (0 key | 1 value)]
@@ -103,10 +108,18 @@ void OrtBackend::createSessions(const std::string& artifacts, const BackendOptio
         OrtCUDAProviderOptions cudaOptions{};
         so.AppendExecutionProvider_CUDA(cudaOptions);
     }
+    if (cuda_) weightsNote_ = "per session (ONNX Runtime shares prepacked weights on its CPU provider only)";
+    else if (!options.shareWeights) weightsNote_ = "per session (--no-share-weights)";
+    else if (manifest_.weightIndex.empty()) weightsNote_ = "per session (no weight index: re-export to share them)";
+    else shared_ = std::make_unique<SharedWeights>(artifacts, manifest_);
     for (const auto& [name, graph] : manifest_.graphs) {
         if (name == "decode" && decodeOnPrefill_) continue;
         const std::string path = artifacts + "/" + graph.file;
-        sessions_.emplace(name, Ort::Session(env_, path.c_str(), so));
+        if (!shared_) {
+            sessions_.emplace(name, Ort::Session(env_, path.c_str(), so));
+            continue;
+        }
+        sessions_.emplace(name, shared_->createSession(env_, path, name, so));
     }
 }
 
@@ -192,7 +205,8 @@ void OrtBackend::reset() {
 
 std::string OrtBackend::describe() const {
     return std::string("onnxruntime ") + Ort::GetVersionString() + (cuda_ ? " CUDA" : " CPU") + " (" +
-           (caches_.size() == 1 ? "in-place" : "ping-pong") + " kv-cache)";
+           (caches_.size() == 1 ? "in-place" : "ping-pong") + " kv-cache; weights: " +
+           (shared_ ? shared_->describe() : weightsNote_) + ")";
 }
 
 }  // namespace
