@@ -23,6 +23,9 @@ __all__ = ["Backend", "BackendUnavailable"]
 
 class Backend(ABC):
     name: str = ""
+    # Prompt widths this backend runs prefill at from fixed buffers (CUDA graphs): the generator left-pads a prompt
+    # to the smallest that holds it, when the cache has the room, as it left-pads the shorter prompts of a batch.
+    prefill_buckets: tuple[int, ...] = ()
 
     def __init__(self, artifacts: Path, manifest: Manifest) -> None:
         self.artifacts, self.manifest = Path(artifacts), manifest

@@ -103,9 +103,12 @@ class Generator:
         self.budget = Capacity(self.capacity, self.num_latents, self.manifest.refeeds)
 
     # -- the graphs ------------------------------------------------------------------------------
-    def prefill(self, prompts: list[list[int]]) -> np.ndarray:
-        """Reset the cache and write the left-padded prompts; returns the logits ``[batch, vocab]``."""
+    def prefill(self, prompts: list[list[int]], spare: int = 0) -> np.ndarray:
+        """Reset the cache and write the left-padded prompts; returns the logits ``[batch, vocab]``. With ``spare``
+        slots the request will not need, the prompts are padded further to one of the backend's prefill buckets
+        (pad slots are empty: nothing attends them)."""
         longest = self._check_prompts(prompts)
+        longest = min((b for b in self.backend.prefill_buckets if longest <= b <= longest + spare), default=longest)
         self.length = 0  # a new request: the whole capacity is free again
         self._check_room(longest)
         self.backend.reset()
@@ -197,13 +200,14 @@ class Generator:
         prefill: ``max_new_tokens`` is clamped to what fits, and a prompt that leaves no room raises."""
         policy = policy or NoAugmentation()
         stats = stats if stats is not None else RequestStats()
-        budget = self.plan(self._check_prompts(prompts), max_new_tokens, policy)
+        prompt = self._check_prompts(prompts)  # the longest
+        budget = self.plan(prompt, max_new_tokens, policy)
         stats.token_budget, stats.new_tokens, stats.stop_reason = budget, 0, ""
         rng = np.random.default_rng(sampling.seed)
         history = [list(prompt) for prompt in prompts]  # per row, prompt included (the penalties read it)
         start = time.perf_counter()
-        logits = self.prefill(prompts)
-        stats.prompt_tokens, stats.prefill_s = int(self.length), time.perf_counter() - start
+        logits = self.prefill(prompts, spare=self.capacity - self.budget.needed(prompt, budget, policy))
+        stats.prompt_tokens, stats.prefill_s = prompt, time.perf_counter() - start
         policy.start(self)
         try:
             finished = np.zeros(self.batch, dtype=bool)

@@ -527,6 +527,37 @@ def test_fixed_shape_runs_give_the_same_tokens_and_logits(exported, single):
                              "write_index": np.zeros(1, np.int64), "attention_mask": np.zeros((1, 200), np.int64)})
 
 
+def test_prompts_padded_to_a_prefill_bucket_give_the_same_tokens(exported, single):
+    """Captured prefill (CUDA's PREFILL_BUCKETS), run on the CPU: a prompt is left-padded to the smallest bucket that
+    holds it (empty slots, as a batch pads its shorter prompts) when the request leaves the room, and the tokens and
+    logits are the unpadded ones; a request that needs every slot is not padded."""
+    for artifacts in (exported, single):
+        manifest = load_manifest(artifacts.artifacts)
+        plain = OnnxRuntimeBackend(artifacts.artifacts, manifest)
+        bucketed = OnnxRuntimeBackend(artifacts.artifacts, manifest, fixed_shapes=True, prefill_buckets=(4, 16, 500))
+        assert bucketed.prefill_buckets == (4, 16) and {("prefill", 4), ("prefill", 16)} <= set(bucketed.fixed)
+        prompts = PROMPTS[: manifest.kv.batch]
+        longest = max(map(len, prompts))
+        for policy in (None, EndOfPrompt()):
+            runs = []
+            for backend in (plain, bucketed):
+                generator, stats = Generator(backend), RequestStats()
+                steps = generator.generate(prompts, 12, policy=policy, stats=stats)
+                first = next(steps)
+                padded = generator.length - (manifest.num_latents + manifest.refeeds if policy else 0)
+                tokens = np.stack([first, *steps], axis=1)
+                runs.append((tokens, generator.decode_step(tokens[:, -1]), padded, stats.prompt_tokens))
+            (tokens, logits, width, _), (bucket_tokens, bucket_logits, bucket_width, prompt_tokens) = runs
+            assert (width, bucket_width, prompt_tokens) == (longest, 16, longest)
+            assert (tokens == bucket_tokens).all()
+            np.testing.assert_allclose(bucket_logits, logits, atol=1e-4)
+        generator = Generator(bucketed)
+        steps = generator.generate(prompts, manifest.kv.max_seq - longest + 1)  # every slot: no room to pad
+        next(steps)
+        assert generator.length == longest
+        steps.close()
+
+
 def test_cuda_graph_ids_are_distinct_per_shape_and_buffer_set(tmp_path):
     """The capture bookkeeping, run on the CPU (its provider ignores the ids): each fixed shape, and each cache
     buffer set of the ping-pong lowering (a capture bakes in addresses), replays its own ``gpu_graph_id`` >= 1;

@@ -1,5 +1,6 @@
-"""GPU decode side by side in one run: latentcache on ONNX Runtime CUDA (CUDA graphs on and off) against
-transformers (eager, and static cache + torch.compile) on the same GPU, same prompts, greedy.
+"""GPU decode side by side in one run: latentcache on ONNX Runtime CUDA (CUDA graphs with prompts captured at
+``PREFILL_BUCKETS``, CUDA graphs for decode and absorb only, no CUDA graphs) against transformers (eager, and static
+cache + torch.compile) on the same GPU, same prompts, greedy.
 
     python benchmarks/gpu/decode_bench.py --base MODEL_DIR --artifacts 1=DIR --artifacts 8=DIR ... --json OUT
 
@@ -41,7 +42,7 @@ def device_used() -> int:
 
 
 def latentcache_runs(artifacts: Path, batch: int, contexts: list[int], new_tokens: int, repetitions: int) -> list[dict]:
-    from latentcache.runtime.backends.onnxruntime import OnnxRuntimeCudaBackend
+    from latentcache.runtime.backends.onnxruntime import PREFILL_BUCKETS, OnnxRuntimeCudaBackend
     from latentcache.contract.manifest import load_manifest
     from latentcache.runtime.generator import EndOfPrompt, Generator, NoAugmentation
     from latentcache.runtime.tokenizer import Tokenizer
@@ -51,9 +52,9 @@ def latentcache_runs(artifacts: Path, batch: int, contexts: list[int], new_token
         raise SystemExit(f"{artifacts} runs batches of {manifest.kv.batch}, not {batch}")
     tokenizer = Tokenizer(artifacts, manifest)
     rows = []
-    for graphs in (True, False):
+    for graphs, buckets in ((True, PREFILL_BUCKETS), (True, ()), (False, ())):
         before = device_used()
-        backend = OnnxRuntimeCudaBackend(artifacts, manifest, cuda_graphs=graphs)
+        backend = OnnxRuntimeCudaBackend(artifacts, manifest, cuda_graphs=graphs, prefill_buckets=buckets)
         generator = Generator(backend)
         policies = [("none", NoAugmentation)] + ([("end-of-prompt", EndOfPrompt)] if manifest.num_latents else [])
         for context in contexts:
@@ -62,7 +63,8 @@ def latentcache_runs(artifacts: Path, batch: int, contexts: list[int], new_token
             prompts = [prompt_ids(lambda text: tokenizer.encode(text, chat=False), context)] * batch
             for policy_name, policy in policies:
                 samples = [timed_request(generator, prompts, new_tokens, policy()) for _ in range(repetitions + 1)][1:]
-                row = {"system": "latentcache onnxruntime-cuda", "cuda_graphs": graphs, "dtype": manifest.dtype,
+                row = {"system": "latentcache onnxruntime-cuda", "cuda_graphs": graphs,
+                       "prefill_buckets": list(backend.prefill_buckets), "dtype": manifest.dtype,
                        "batch": batch, "context": context, "new_tokens": new_tokens, "policy": policy_name,
                        "max_seq": manifest.kv.max_seq, **summarise(samples, batch),
                        "gpu_memory_mib": round((device_used() - before) / 2**20)}

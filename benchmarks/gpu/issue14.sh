@@ -3,6 +3,8 @@
 #   bash benchmarks/gpu/issue14.sh check    # CUDA graphs on/off tokens, parity (fp16 CUDA vs fp32 CPU), fp32 latency
 #   bash benchmarks/gpu/issue14.sh bench    # decode_bench.py: latentcache beside transformers, batch 1, 8, 32
 #   bash benchmarks/gpu/issue14.sh copro    # fp16 batch 1 only (export + latentcache rows): coprocessor + absorb
+#   bash benchmarks/gpu/issue14.sh ttft     # fp16 batch 1 + coprocessor: captured prompts (prefill buckets) against
+#                                           # uncaptured ones and transformers, and the tokens with and without capture
 # Expects setup.sh done (model in $MODEL_DIR) and onnxruntime-gpu in /tmp/ort-gpu (ort-gpu-pack.sh).
 set -uo pipefail
 export PYTHONPATH=/tmp/ort-gpu:/tmp/site:${PYTHONPATH:-} PYTHONUNBUFFERED=1
@@ -52,6 +54,13 @@ copro)
     --coprocessor $COP --dtype fp16 --max-seq 2304 2>&1 | tail -1
   python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" --contexts 128 \
     --skip-transformers --json "$OUT/decode_bench_copro.json" 2>&1 | grep -v Warning
+  ;;
+ttft)
+  OMP_NUM_THREADS=16 python3 -m latentcache.cli export --base "$MODEL_DIR" --out "$ART/fp16" --force \
+    --coprocessor $COP --dtype fp16 --max-seq 2304 2>&1 | tail -1
+  python3 benchmarks/gpu/capture_check.py "$ART/fp16" --json "$OUT/capture_check_buckets.json" | tail -3
+  python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" \
+    --json "$OUT/decode_bench_buckets.json" 2>&1 | grep -v Warning
   ;;
 bench)
   python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" --artifacts 8="$ART/fp16b8" \

@@ -24,8 +24,11 @@ with the attention mask padded to the whole capacity (free slots are masked like
 fixed device buffers. That is what ONNX Runtime's CUDA graphs require (``enable_cuda_graph``: every input and
 output of a captured run at the same address and shape; several captures per session under their own
 ``gpu_graph_id``, 0 reserved, -1 skipping capture: ``onnxruntime_run_options_config_keys.h``). Each step then
-costs a few small host-to-device copies and one graph launch instead of hundreds of kernel launches; prefill,
-whose length varies, runs as before, and so does the coprocessor of a sliding-window model (see ``_fixed_runs``).
+costs a few small host-to-device copies and one graph launch instead of hundreds of kernel launches. Prompts,
+whose length varies, are captured at a few widths (``prefill_buckets``; ``PREFILL_BUCKETS`` on CUDA): the generator
+left-pads a prompt to the smallest width that holds it when the request leaves those slots free, exactly as it
+pads the shorter prompts of a batch; longer prompts run uncaptured, as does the coprocessor of a sliding-window
+model (see ``_fixed_runs``).
 On the CPU the same path runs without capture (the tests prove the padding and the buffers there); it is off by
 default there, where attending the whole capacity costs more than launches do.
 """
@@ -118,9 +121,11 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, artifacts: Path, manifest: contract.Manifest, threads: int | None = None,
                  separate_decode: bool = False, int8_activations: bool = True, fixed_shapes: bool = False,
-                 cuda_graphs: bool = False) -> None:
+                 cuda_graphs: bool = False, prefill_buckets: tuple[int, ...] = ()) -> None:
         super().__init__(artifacts, manifest)
         self.cuda_graphs = cuda_graphs
+        if fixed_shapes or cuda_graphs:
+            self.prefill_buckets = tuple(sorted(b for b in set(prefill_buckets) if 0 < b <= manifest.kv.max_seq))
         ort = import_onnxruntime()
         if self.provider not in ort.get_available_providers():
             raise BackendUnavailable(self.missing_provider_message(ort))
@@ -145,6 +150,7 @@ class OnnxRuntimeBackend(Backend):
             [self._allocate(kv.shape(), dtype) for _ in range(2 * kv.num_layers)] for _ in range(buffers)
         ]
         self.current = 0  # which buffer set holds the cache (portable lowering swaps)
+        self._zeros = np.zeros(kv.shape(), dtype=dtype)  # what reset() copies into every cache tensor
         self.outputs = {
             name: {
                 spec.role: self._allocate(self._static_shape(spec), numpy_dtype(spec.dtype), "cpu")
@@ -169,17 +175,19 @@ class OnnxRuntimeBackend(Backend):
             self._capture()
 
     def _fixed_runs(self) -> list[FixedShapeRun]:
-        """Decode (on its session), the absorb of latents (prefill at ``Capacity.per_augmentation`` rows) and the
-        coprocessor, each at one shape. The coprocessor counts its span from the mask's data (a shape-derived value
-        would be a host copy mid-graph, which ONNX Runtime refuses to capture), so a mask padded to the capacity
-        gives the same latents; not with sliding windows, where the padding would move its soft tokens (they sit
-        right after the span) in the window."""
+        """Decode (on its session), the absorb of latents (prefill at ``Capacity.per_augmentation`` rows), prompts
+        at each of ``prefill_buckets`` rows, and the coprocessor, each at one shape. The coprocessor counts its span
+        from the mask's data (a shape-derived value would be a host copy mid-graph, which ONNX Runtime refuses to
+        capture), so a mask padded to the capacity gives the same latents; not with sliding windows, where the
+        padding would move its soft tokens (they sit right after the span) in the window."""
         manifest, runs = self.manifest, []
         runs.append(("prefill" if self.decode_on_prefill else "decode", 1))
         if manifest.num_latents:
             runs.append(("prefill", manifest.num_latents + int(manifest.refeeds)))
+        runs += [("prefill", rows) for rows in self.prefill_buckets]
         if self.fixed_coprocessor:
             runs.append(("coprocessor", manifest.num_latents))
+        runs = list(dict.fromkeys(runs))  # a bucket may be the absorb's width: one run serves both
         return [FixedShapeRun(self, graph, query, graph_id=1 + index) for index, (graph, query) in enumerate(runs)]
 
     @property
@@ -269,10 +277,11 @@ class OnnxRuntimeBackend(Backend):
         return f"{self.name} (CUDA graphs)" if self.cuda_graphs else self.name
 
     def reset(self) -> None:
-        # Stale slots are never attended (the mask decides), but a new request should not see old data.
+        # Stale slots are never attended (the mask decides), but a new request should not see old data. One host
+        # array of zeros serves every layer: a fresh one per layer cost its page faults on every request.
         for buffers in self.caches:
             for value in buffers:
-                value.update_inplace(np.zeros(value.shape(), dtype=numpy_dtype(self.manifest.kv.dtype)))
+                value.update_inplace(self._zeros)
         self.current = 0
 
     def read_cache(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
@@ -337,20 +346,26 @@ class FixedShapeRun:
         return np.ascontiguousarray(array, dtype=dtype)
 
 
+PREFILL_BUCKETS = (16, 32, 64, 128, 256)  # prompt widths captured on CUDA (longer prompts run uncaptured)
+
+
 class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
-    """ONNX Runtime's CUDA provider; decode steps and absorbs replayed as CUDA graphs unless ``cuda_graphs=False``."""
+    """ONNX Runtime's CUDA provider; decode steps, absorbs and prompts of up to ``PREFILL_BUCKETS[-1]`` tokens
+    replayed as CUDA graphs unless ``cuda_graphs=False``."""
 
     name = "onnxruntime-cuda"
     provider = "CUDAExecutionProvider"
     device = "cuda"
 
     def __init__(self, artifacts: Path, manifest: contract.Manifest, threads: int | None = None,
-                 separate_decode: bool = False, cuda_graphs: bool = True) -> None:
+                 separate_decode: bool = False, cuda_graphs: bool = True,
+                 prefill_buckets: tuple[int, ...] = PREFILL_BUCKETS) -> None:
         if manifest.ops == "onnxruntime":  # its CUDA kernel takes neither fp32 nor an attention bias
             raise BackendUnavailable("these artifacts use ONNX Runtime's fused attention (--ops onnxruntime), which "
                                      "runs on its CPU provider only: use --backend onnxruntime-cpu, or re-export with "
                                      "--ops standard for CUDA")
-        super().__init__(artifacts, manifest, threads, separate_decode, cuda_graphs=cuda_graphs)
+        super().__init__(artifacts, manifest, threads, separate_decode, cuda_graphs=cuda_graphs,
+                         prefill_buckets=prefill_buckets)
 
     def provider_options(self, graph: str) -> dict[str, str]:
         captured = self.cuda_graphs and (graph != "coprocessor" or self.fixed_coprocessor)
