@@ -1,13 +1,11 @@
 """Which graphs ONNX Runtime's CUDA provider accepts for CUDA-graph capture, and whether capture changes tokens.
 
-    python benchmarks/gpu/capture_check.py ARTIFACTS [--reference FP32_ARTIFACTS] [--json OUT]
+    python benchmarks/gpu/capture_check.py ARTIFACTS [--json OUT]
 
 (1) Creates each graph's session with ``enable_cuda_graph`` and reports it accepted or the refusal (ONNX Runtime
 refuses a graph with nodes off the CUDA provider, e.g. a host value copied to the GPU mid-graph; its verbose log,
 ``ORT_LOG=0``, names them). (2) Greedy tokens of the CUDA backend with and without CUDA graphs, for the parity
-prompts with the coprocessor off, once at the end of the prompt and every 8 tokens. With ``--reference``, also
-CUDA graphs without captured prompts (no prefill buckets), and each configuration against ONNX Runtime CPU on the
-reference artifacts (fp32: the CPU backend's tokens). Needs onnxruntime-gpu.
+prompts with the coprocessor off, once at the end of the prompt and every 8 tokens. Needs onnxruntime-gpu.
 """
 
 from __future__ import annotations
@@ -36,17 +34,12 @@ def capture_acceptance(artifacts: Path, manifest) -> dict[str, str]:
     return verdicts
 
 
-def token_agreement(artifacts: Path, manifest, tokens: int, reference: Path | None = None) -> list[dict]:
-    from latentcache.contract.manifest import load_manifest
-    from latentcache.runtime.backends.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeCudaBackend
+def token_agreement(artifacts: Path, manifest, tokens: int) -> list[dict]:
+    from latentcache.runtime.backends.onnxruntime import OnnxRuntimeCudaBackend
     from latentcache.runtime.generator import EndOfPrompt, EveryN, Generator, NoAugmentation
 
     generators = {graphs: Generator(OnnxRuntimeCudaBackend(artifacts, manifest, cuda_graphs=graphs))
                   for graphs in (True, False)}
-    if reference is not None:
-        generators["graphs, prompts uncaptured"] = Generator(OnnxRuntimeCudaBackend(artifacts, manifest,
-                                                                                    prefill_buckets=()))
-        generators["cpu reference"] = Generator(OnnxRuntimeBackend(reference, load_manifest(reference)))
     policies = {"none": NoAugmentation}
     if manifest.num_latents:
         policies.update({"end-of-prompt": EndOfPrompt, "every-8": lambda: EveryN(8)})
@@ -57,31 +50,22 @@ def token_agreement(artifacts: Path, manifest, tokens: int, reference: Path | No
         for name, policy in policies.items():
             out = {graphs: [int(t[0]) for t in g.generate([prompt], tokens, policy=policy())]
                    for graphs, g in generators.items()}
-            first = first_difference(out[True], out[False])
-            row = {"prompt": prompt, "policy": name, "identical": first is None, "first_difference": first}
-            if reference is not None:
-                row["first_difference_from_cpu"] = {str(k): first_difference(v, out["cpu reference"])
-                                                    for k, v in out.items() if k != "cpu reference"}
-            rows.append(row)
+            first = next((i for i, (a, b) in enumerate(zip(out[True], out[False])) if a != b), None)
+            rows.append({"prompt": prompt, "policy": name, "identical": first is None, "first_difference": first})
     return rows
-
-
-def first_difference(a: list[int], b: list[int]) -> int | None:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifacts", type=Path)
     parser.add_argument("--tokens", type=int, default=24)
-    parser.add_argument("--reference", type=Path, help="fp32 artifacts of the same model for ONNX Runtime CPU")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     from latentcache.contract.manifest import load_manifest
 
     manifest = load_manifest(args.artifacts)
     report = {"artifacts": str(args.artifacts), "capture": capture_acceptance(args.artifacts, manifest)}
-    report["tokens"] = token_agreement(args.artifacts, manifest, args.tokens, args.reference)  # batch-1 artifacts
+    report["tokens"] = token_agreement(args.artifacts, manifest, args.tokens)  # batch-1 artifacts
     report["all_identical"] = all(row["identical"] for row in report["tokens"])
     print(json.dumps(report, indent=2))
     if args.json:
