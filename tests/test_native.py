@@ -271,16 +271,21 @@ def test_every_file_must_be_hashed(native, copy):
     assert_one_line_error(run_native(native, copy, PROMPT, check=False), "no sha256 for weights.bin")
 
 
-def test_a_weight_index_beyond_its_file_is_one_line(native, copy):
+@pytest.mark.parametrize("damage, message", [
+    (lambda entry, size: entry.update(offset=size), "beyond the end of"),
+    (lambda entry, size: entry.pop("shared"), "is malformed"),
+])
+def test_a_bad_weight_index_is_one_line(native, copy, damage, message):
+    """weights.json edited and its hash resealed: the native runtime names the file and the problem."""
     from latentcache.contract.files import sha256_of
 
     index = json.loads((copy / "weights.json").read_text())
-    index["graphs"]["prefill"][0]["offset"] = (copy / "weights.bin").stat().st_size
+    damage(index["graphs"]["prefill"][0], (copy / "weights.bin").stat().st_size)
     (copy / "weights.json").write_text(json.dumps(index))
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["files"]["weights.json"] = sha256_of(copy / "weights.json")
     reseal(copy, manifest)
-    assert_one_line_error(run_native(native, copy, PROMPT, check=False), "weights.json", "beyond the end of")
+    assert_one_line_error(run_native(native, copy, PROMPT, check=False), "weights.json", message)
 
 
 def test_not_an_artifacts_directory(native, tmp_path):

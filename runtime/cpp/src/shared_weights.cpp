@@ -25,12 +25,14 @@ std::string mib(double bytes) {
 
 SharedWeights::SharedWeights(const std::string& artifacts, const Manifest& manifest) {
     const std::string indexPath = artifacts + "/" + manifest.weightIndex;
-    nlohmann::json index;
     try {
-        index = nlohmann::json::parse(readFile(indexPath));
-    } catch (const nlohmann::json::exception& exc) {
+        load(artifacts, indexPath, nlohmann::json::parse(readFile(indexPath)));
+    } catch (const nlohmann::json::exception& exc) {  // a missing key or a wrong type as well as bad JSON
         throw Error(indexPath + " is malformed (" + exc.what() + "): re-export the artifacts");
     }
+}
+
+void SharedWeights::load(const std::string& artifacts, const std::string& indexPath, const nlohmann::json& index) {
     const std::string file = artifacts + "/" + index.at("file").get<std::string>();
     const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
     struct stat info {};

@@ -10,6 +10,7 @@
 #include <onnxruntime_cxx_api.h>
 
 #include <map>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -32,6 +33,7 @@ public:
     std::string describe() const;  // how many tensors and bytes are held once for how many sessions
 
 private:
+    void load(const std::string& artifacts, const std::string& indexPath, const nlohmann::json& index);
     Ort::SessionOptions optionsFor(const std::string& graph, const Ort::SessionOptions& base);
     // Drop the mapping's resident pages. A kernel that prepacked a tensor never reads the original again, and one
     // that does (an embedding's Gather) reads it back from the file through the page cache: this changes the
