@@ -26,6 +26,16 @@ WEIGHT_INDEX_FILE = "weights.json"
 ALIGNMENT = 64  # bytes: every stored tensor starts at a multiple
 
 
+def digest(tensor) -> str:
+    """sha256 of a tensor's values (not its name): raw bytes, or the typed fields small constants may use instead."""
+    if tensor.raw_data:
+        return hashlib.sha256(tensor.raw_data).hexdigest()
+    from onnx import numpy_helper
+
+    values = numpy_helper.to_array(tensor)
+    return hashlib.sha256(f"{tensor.data_type}:{list(tensor.dims)}:".encode() + values.tobytes()).hexdigest()
+
+
 @dataclass
 class WeightStore:
     """Appends each graph's large initializers to ``path`` (identical tensors once) and records where they went."""
@@ -40,7 +50,7 @@ class WeightStore:
         """Move ``model``'s large initializers into the file (the graph then refers to them by offset)."""
         from onnx import TensorProto
 
-        digests = {tensor.name: hashlib.sha256(tensor.raw_data).hexdigest() for tensor in model.graph.initializer}
+        digests = {tensor.name: digest(tensor) for tensor in model.graph.initializer}
         entries = self.entries.setdefault(graph, [])
         with open(self.path, "ab") as handle:
             for tensor in model.graph.initializer:

@@ -222,26 +222,28 @@ def test_weight_index_shares_a_tensor_only_where_every_reader_takes_the_same_wei
     rng = np.random.default_rng(0)
     codes, other = rng.integers(0, 256, (16, 2, 16), dtype=np.uint8), rng.normal(size=(16, 8)).astype(np.float32)
 
-    def model(scale: float):
+    def model(scale: float, typed: bool):
         nodes = [helper.make_node("MatMulNBits", ["x", "codes", "scales"], ["y"], domain="com.microsoft", K=64, N=16,
                                   bits=4, block_size=32), helper.make_node("MatMul", ["y", "other"], ["z"])]
-        weights = [numpy_helper.from_array(codes, "codes"), numpy_helper.from_array(other, "other"),
-                   numpy_helper.from_array(np.full(32, scale, np.float32), "scales")]
+        scales = helper.make_tensor("scales", onnx.TensorProto.FLOAT, [32], [scale] * 32) if typed else \
+            numpy_helper.from_array(np.full(32, scale, np.float32), "scales")  # float_data, no raw bytes
+        weights = [numpy_helper.from_array(codes, "codes"), numpy_helper.from_array(other, "other"), scales]
         return helper.make_model(helper.make_graph(nodes, "g", [], [], weights))
 
-    def index_of(*scales):
-        store = WeightStore(tmp_path / f"{len(scales)}.bin", min_bytes=64)
+    def index_of(*scales, typed=False):
+        store = WeightStore(tmp_path / f"{len(scales)}{typed}.bin", min_bytes=64)
         for i, scale in enumerate(scales):
-            store.externalize(model(scale), f"graph{i}")
+            store.externalize(model(scale, typed), f"graph{i}")
         index = json.loads(store.write_index().read_text())
         return {g: {e["name"]: (e["offset"], e["shared"]) for e in entries} for g, entries in index["graphs"].items()}
 
     same = index_of(1.0, 1.0)
     assert same["graph0"] == same["graph1"] and all(shared for _, shared in same["graph0"].values())
-    assert (tmp_path / "2.bin").stat().st_size == 512 + 512 + 128  # codes, other, scales: each once
+    assert (tmp_path / "2False.bin").stat().st_size == 512 + 512 + 128  # codes, other, scales: each once
     differ = index_of(1.0, 1.0, 2.0)
     assert not any(differ[g]["codes"][1] for g in differ)  # read with two different scales: never shared
     assert differ["graph2"]["scales"][0] != differ["graph0"]["scales"][0] and differ["graph2"]["other"][1]
+    assert not index_of(1.0, 2.0, typed=True)["graph0"]["codes"][1]  # scales kept in the graph count by value too
 
 
 def test_weight_index_names_each_graphs_initializers_where_they_lie(tmp_path):
