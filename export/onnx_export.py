@@ -205,6 +205,7 @@ def export_graph(plan: GraphPlan, opset: int, store: WeightStore, directory: Pat
     shared store, check it, and return its ``GraphSpec``."""
     import onnx
 
+    from latentcache.export.pack_linears import pack_linears, record_packed
     from latentcache.export.quantize import QUANTIZED_BITS, quantize_weights
 
     names_in = [s.name for s in plan.inputs]
@@ -216,8 +217,10 @@ def export_graph(plan: GraphPlan, opset: int, store: WeightStore, directory: Pat
         )
     optimize_graph(program.model)
     model = program.model_proto
+    packed = pack_linears(model)  # reads the exporter's module names from the node metadata
     if weights in QUANTIZED_BITS:  # identical base weights quantize to identical bytes: still stored once
-        model = quantize_weights(model, weights)  # reads the exporter's module names from the node metadata
+        model = quantize_weights(model, weights)
+        record_packed(model, packed)
     for node in model.graph.node:  # the exporter's stack traces and FX text: most of a graph file's bytes, and paths
         del node.metadata_props[:]  # of the machine that exported it
     check_io(model, plan)

@@ -264,6 +264,19 @@ def dequantized_linears(graph: str | Path) -> dict[str, "np.ndarray"]:
                 block = next(a.i for a in node.attribute if a.name == "block_size")
                 product = product + np.repeat(numpy_helper.to_array(correction), block, axis=0)[:k]
             weights[module] = product.T
+    return unpacked(weights, model)
+
+
+def unpacked(weights: dict[str, "np.ndarray"], model) -> dict[str, "np.ndarray"]:
+    """``weights`` with each packed weight (``export.pack_linears``) split back into its modules' rows."""
+    from latentcache.export.pack_linears import parts_of_packed
+
+    for packed, parts in parts_of_packed(model).items():
+        if packed not in weights:
+            continue
+        value, start = weights.pop(packed), 0
+        for module, rows in parts:
+            weights[module], start = value[start: start + rows], start + rows
     return weights
 
 

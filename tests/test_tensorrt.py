@@ -636,7 +636,8 @@ def test_int4_weights_build_with_tensorrt_rtx(exported):
     assert trt.OnnxParser(network, logger).parse_from_file(str(artifacts / "decode.onnx"))
     dequantize = [network.get_layer(i) for i in range(network.num_layers)
                   if network.get_layer(i).type == trt.LayerType.DEQUANTIZE]
-    assert len(dequantize) == 7 * contract.load_manifest(artifacts).kv.num_layers + 1  # every projection, the LM head
+    # every projection (q/k/v packed into one, gate/up into another) and the LM head
+    assert len(dequantize) == 4 * contract.load_manifest(artifacts).kv.num_layers + 1
 
 
 def test_int8_weights_are_refused_for_tensorrt_with_the_fix(exported):
