@@ -577,3 +577,45 @@ def test_cuda_graph_ids_are_distinct_per_shape_and_buffer_set(tmp_path):
     assert OnnxRuntimeCudaBackend.provider_options(captured, "prefill") == {"enable_cuda_graph": "1"}
     assert OnnxRuntimeCudaBackend.provider_options(captured, "coprocessor") == {"enable_cuda_graph": "1"}
     assert "CUDA graphs" in captured.describe() and "CUDA graphs" not in plain.describe()
+
+
+def test_reset_zeroes_the_cache_where_it_lies(exported):
+    """reset() memsets each cache tensor in place (CPU: ctypes.memset; CUDA: the loaded CUDA runtime's
+    cudaMemsetAsync, here a fake that zeroes host memory), and copies host zeros, saying so, where none is had."""
+    import ctypes
+    from types import SimpleNamespace
+
+    from latentcache.runtime.backends.memset import CudaMemset, device_memset, loaded_library
+
+    backend = OnnxRuntimeBackend(exported.artifacts, load_manifest(exported.artifacts))
+    generator = Generator(backend)
+    kv = backend.manifest.kv
+
+    calls = []
+
+    def written_then_reset() -> bool:
+        list(generator.generate(PROMPTS, 4))  # its prefill resets as well
+        assert any(value.numpy().any() for value in backend.caches[0])
+        calls.clear()
+        backend.reset()
+        return not any(value.numpy().any() for buffers in backend.caches for value in buffers)
+
+    assert backend.memset.where == "host memset" and written_then_reset()
+
+    def fake_memset(pointer, value, nbytes, stream):
+        calls.append(nbytes)
+        ctypes.memset(pointer, value, nbytes)
+        return 0
+
+    backend.memset = CudaMemset(SimpleNamespace(cudaMemsetAsync=fake_memset,
+                                                cudaStreamSynchronize=lambda stream: calls.append("sync") or 0))
+    assert written_then_reset()
+    nbytes = kv.batch * kv.num_kv_heads * kv.max_seq * kv.head_dim * 4
+    assert calls == [nbytes] * (2 * kv.num_layers) + ["sync"]
+    backend.memset = CudaMemset(SimpleNamespace(cudaMemsetAsync=lambda *args: 2, cudaStreamSynchronize=lambda s: 0))
+    with pytest.raises(LatentcacheError, match="cudaMemsetAsync failed with error 2 while resetting the kv-cache"):
+        backend.reset()
+    assert device_memset("cuda", maps="") is None  # no CUDA runtime mapped into the process
+    assert loaded_library("libc", open("/proc/self/maps").read()).startswith("/")
+    backend.memset = None
+    assert written_then_reset() and "cache reset by a host copy" in backend.describe()

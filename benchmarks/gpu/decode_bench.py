@@ -56,6 +56,7 @@ def latentcache_runs(artifacts: Path, batch: int, contexts: list[int], new_token
         before = device_used()
         backend = OnnxRuntimeCudaBackend(artifacts, manifest, cuda_graphs=graphs, prefill_buckets=buckets)
         generator = Generator(backend)
+        resets = reset_times(backend)
         policies = [("none", NoAugmentation)] + ([("end-of-prompt", EndOfPrompt)] if manifest.num_latents else [])
         for context in contexts:
             if context + new_tokens + manifest.num_latents + 1 > manifest.kv.max_seq:
@@ -66,13 +67,32 @@ def latentcache_runs(artifacts: Path, batch: int, contexts: list[int], new_token
                 row = {"system": "latentcache onnxruntime-cuda", "cuda_graphs": graphs,
                        "prefill_buckets": list(backend.prefill_buckets), "dtype": manifest.dtype,
                        "batch": batch, "context": context, "new_tokens": new_tokens, "policy": policy_name,
-                       "max_seq": manifest.kv.max_seq, **summarise(samples, batch),
+                       "max_seq": manifest.kv.max_seq, **summarise(samples, batch), **resets,
                        "gpu_memory_mib": round((device_used() - before) / 2**20)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
         backend.close()
         del generator, backend
     return rows
+
+
+def reset_times(backend, repetitions: int = 20) -> dict:
+    """The cache reset inside every request's time to first token: its memset (``backend.memset``), and the host
+    copy of zeros it replaced, each the median of ``repetitions``."""
+    def median_ms() -> float:
+        times = []
+        for _ in range(repetitions):
+            start = time.perf_counter()
+            backend.reset()
+            times.append(time.perf_counter() - start)
+        return round(1e3 * statistics.median(times), 3)
+
+    memset = backend.memset
+    timed = {"reset_ms": median_ms(), "reset_by": memset.where if memset else "host copy"}
+    backend.memset = None
+    timed["reset_host_copy_ms"] = median_ms()
+    backend.memset = memset
+    return timed
 
 
 def timed_request(generator, prompts, new_tokens: int, policy) -> dict:

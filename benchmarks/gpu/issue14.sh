@@ -5,6 +5,8 @@
 #   bash benchmarks/gpu/issue14.sh copro    # fp16 batch 1 only (export + latentcache rows): coprocessor + absorb
 #   bash benchmarks/gpu/issue14.sh ttft     # fp16 batch 1 + coprocessor: captured prompts (prefill buckets) against
 #                                           # uncaptured ones and transformers, and the tokens with and without capture
+#   bash benchmarks/gpu/issue14.sh parity   # fp16 and fp32 batch 1 + coprocessor, CUDA against the CPU reference
+#   bash benchmarks/gpu/issue14.sh measure  # after parity: capture check and decode_bench on the fp16 artifacts
 # Expects setup.sh done (model in $MODEL_DIR) and onnxruntime-gpu in /tmp/ort-gpu (ort-gpu-pack.sh).
 set -uo pipefail
 export PYTHONPATH=/tmp/ort-gpu:/tmp/site:${PYTHONPATH:-} PYTHONUNBUFFERED=1
@@ -61,6 +63,23 @@ ttft)
   python3 benchmarks/gpu/capture_check.py "$ART/fp16" --json "$OUT/capture_check_buckets.json" | tail -3
   python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" \
     --json "$OUT/decode_bench_buckets.json" 2>&1 | grep -v Warning
+  ;;
+parity)
+  # Stop 30's graphs (packed projections) in fp16 and fp32 with the default coprocessor, then CUDA (graphs and
+  # prompt buckets on) against the CPU: fp16 CUDA against fp32 CPU, and fp32 CUDA against fp32 CPU.
+  one() { OMP_NUM_THREADS=8 python3 -m latentcache.cli export --base "$MODEL_DIR" --out "$ART/$1" --force "${@:2}" \
+            > "$OUT/export_$1.log" 2>&1; echo "$1: exit $?"; tail -1 "$OUT/export_$1.log"; }
+  one fp16 --coprocessor $COP --dtype fp16 --max-seq 2304 &
+  one fp32 --coprocessor $COP --dtype fp32 --max-seq 2304 &
+  wait
+  python3 benchmarks/ort_cuda_parity.py "$ART/fp16" --reference "$ART/fp32" --tokens 64 --json "$OUT/parity_fp16.json" | tail -4
+  python3 benchmarks/ort_cuda_parity.py "$ART/fp32" --tokens 64 --json "$OUT/parity_fp32.json" | tail -4
+  ;;
+measure)
+  # After `parity`: captured against uncaptured tokens, then decode_bench (with the cache reset's times).
+  python3 benchmarks/gpu/capture_check.py "$ART/fp16" --json "$OUT/capture_check.json" | tail -3
+  python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" \
+    --json "$OUT/decode_bench.json" 2>&1 | grep -v Warning
   ;;
 bench)
   python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" --artifacts 8="$ART/fp16b8" \

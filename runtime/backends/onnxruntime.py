@@ -46,6 +46,7 @@ from latentcache.contract import manifest as contract
 from latentcache.errors import LatentcacheError
 from latentcache.limits import cache_bytes, check_memory
 from latentcache.runtime.backend import Backend, BackendUnavailable
+from latentcache.runtime.backends.memset import device_memset
 
 MAX_DEFAULT_THREADS = 8  # a cap on the default only: --threads may ask for more
 SLIDING = "sliding_attention"  # a sliding-window layer in the manifest's model.layer_types
@@ -150,7 +151,9 @@ class OnnxRuntimeBackend(Backend):
             [self._allocate(kv.shape(), dtype) for _ in range(2 * kv.num_layers)] for _ in range(buffers)
         ]
         self.current = 0  # which buffer set holds the cache (portable lowering swaps)
-        self._zeros = np.zeros(kv.shape(), dtype=dtype)  # what reset() copies into every cache tensor
+        self._cache_nbytes = int(np.prod(kv.shape())) * np.dtype(dtype).itemsize
+        self._zeros: np.ndarray | None = None  # host zeros, for reset() where no memset is had
+        self.memset = device_memset(self.device)  # after the sessions: CUDA's runtime is loaded by then
         self.outputs = {
             name: {
                 spec.role: self._allocate(self._static_shape(spec), numpy_dtype(spec.dtype), "cpu")
@@ -274,14 +277,26 @@ class OnnxRuntimeBackend(Backend):
             self.current = 1 - self.current
 
     def describe(self) -> str:
-        return f"{self.name} (CUDA graphs)" if self.cuda_graphs else self.name
+        notes = ["CUDA graphs"] if self.cuda_graphs else []
+        if self.memset is None:
+            notes.append("cache reset by a host copy: no CUDA runtime library found loaded in this process")
+        return f"{self.name} ({'; '.join(notes)})" if notes else self.name
 
     def reset(self) -> None:
-        # Stale slots are never attended (the mask decides), but a new request should not see old data. One host
-        # array of zeros serves every layer: a fresh one per layer cost its page faults on every request.
-        for buffers in self.caches:
-            for value in buffers:
-                value.update_inplace(self._zeros)
+        """Zero the cache where it lies (``runtime.backends.memset``). Stale slots are never attended (the mask
+        decides), but zeros keep one request's non-finite values, were an fp16 cache to overflow, out of the next:
+        a masked score is 0 after softmax, and 0 times a stale infinity is NaN."""
+        if self.memset is None:
+            if self._zeros is None:  # one host array for every layer: one per layer cost its page faults each time
+                self._zeros = np.zeros(self.manifest.kv.shape(), dtype=numpy_dtype(self.manifest.kv.dtype))
+            for buffers in self.caches:
+                for value in buffers:
+                    value.update_inplace(self._zeros)
+        else:
+            for buffers in self.caches:
+                for value in buffers:
+                    self.memset.zero(value.data_ptr(), self._cache_nbytes)
+            self.memset.finish()
         self.current = 0
 
     def read_cache(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
