@@ -619,3 +619,20 @@ def test_reset_zeroes_the_cache_where_it_lies(exported):
     assert loaded_library("libc", open("/proc/self/maps").read()).startswith("/")
     backend.memset = None
     assert written_then_reset() and "cache reset by a host copy" in backend.describe()
+
+
+def test_sessions_given_one_copy_of_the_base_weights_give_the_same_tokens(exported):
+    """share_weights (meant for CUDA): each tensor weights.json marks shared and both loaded sessions read is one
+    OrtValue added to both (here on the CPU, where the mechanics are the same), and the tokens do not change."""
+    import json
+
+    manifest = load_manifest(exported.artifacts)
+    index = json.loads((exported.artifacts / manifest.weight_index).read_text())
+    both = {e["offset"] for e in index["graphs"]["prefill"] if e["shared"]} & \
+           {e["offset"] for e in index["graphs"]["coprocessor"] if e["shared"]}
+    shared = OnnxRuntimeBackend(exported.artifacts, manifest, share_weights=True)
+    assert len(shared.shared.values) == len(both) > 0
+    assert f"{len(both)} weight tensors" in shared.describe() and "held once for 2 sessions" in shared.describe()
+    plain = Generator(OnnxRuntimeBackend(exported.artifacts, manifest))
+    for policy in (None, EndOfPrompt(), EveryN(4)):
+        assert (tokens_of(Generator(shared), policy, 12) == tokens_of(plain, policy, 12)).all()

@@ -7,6 +7,7 @@
 #                                           # uncaptured ones and transformers, and the tokens with and without capture
 #   bash benchmarks/gpu/issue14.sh parity   # fp16 and fp32 batch 1 + coprocessor, CUDA against the CPU reference
 #   bash benchmarks/gpu/issue14.sh measure  # after parity: capture check and decode_bench on the fp16 artifacts
+#   bash benchmarks/gpu/issue14.sh share    # fp16 base-only and + coprocessor: GPU memory with one copy of the base
 # Expects setup.sh done (model in $MODEL_DIR) and onnxruntime-gpu in /tmp/ort-gpu (ort-gpu-pack.sh).
 set -uo pipefail
 export PYTHONPATH=/tmp/ort-gpu:/tmp/site:${PYTHONPATH:-} PYTHONUNBUFFERED=1
@@ -80,6 +81,17 @@ measure)
   python3 benchmarks/gpu/capture_check.py "$ART/fp16" --json "$OUT/capture_check.json" | tail -3
   python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" \
     --json "$OUT/decode_bench.json" 2>&1 | grep -v Warning
+  ;;
+share)
+  # One copy of the base on the GPU for every session: fp16 base-only and + coprocessor, memory with and without.
+  one() { OMP_NUM_THREADS=8 python3 -m latentcache.cli export --base "$MODEL_DIR" --out "$ART/$1" --force "${@:2}" \
+            > "$OUT/export_$1.log" 2>&1; echo "$1: exit $?"; }
+  one fp16 --coprocessor $COP --dtype fp16 --max-seq 2304 &
+  one fp16base --dtype fp16 --max-seq 2304 &
+  wait
+  python3 benchmarks/gpu/shared_weights.py --base-only "$ART/fp16base" --coprocessor "$ART/fp16" \
+    --json "$OUT/shared_weights.json" 2>&1 | grep -v Warning
+  python3 benchmarks/gpu/capture_check.py "$ART/fp16" --json "$OUT/capture_check_shared.json" | tail -3
   ;;
 bench)
   python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" --artifacts 8="$ART/fp16b8" \

@@ -7,10 +7,12 @@ lowering rewrites every slot through Where, so it gets two buffers that swap rol
 (binding one buffer as both input and output of an arbitrary op is not safe). Inputs are bound from host
 arrays (ONNX Runtime copies them to the device); logits and latents land in preallocated outputs.
 
-Memory: every session holds its own (prepacked) copy of its weights, so by default decode steps run on the
-prefill session (one token, no embedding rows): one copy of the base instead of two, at the same speed on
-ONNX Runtime (the static decode graph exists for TensorRT's CUDA graphs). ``separate_decode=True`` loads
-``decode.onnx`` as well (the parity tests do).
+Memory: by default decode steps run on the prefill session (one token, no embedding rows): one session for the
+base instead of two, at the same speed on ONNX Runtime (the static decode graph exists for TensorRT's CUDA
+graphs). ``separate_decode=True`` loads ``decode.onnx`` as well (the parity tests do). On the CPU every session
+holds its own prepacked copy of its weights. ``share_weights`` (for CUDA; off by default until it has run on a GPU)
+makes the base's tensors that the prefill and an unmerged LoRA coprocessor both read one device copy for both
+(``shared_weights``).
 
 Quantized weights (``--weights int4``): ONNX Runtime fuses each DequantizeLinear + MatMul into MatMulNBits as
 it loads the graph and, by default, multiplies in int8 (activations quantized per block on the fly, its
@@ -47,6 +49,7 @@ from latentcache.errors import LatentcacheError
 from latentcache.limits import cache_bytes, check_memory
 from latentcache.runtime.backend import Backend, BackendUnavailable
 from latentcache.runtime.backends.memset import device_memset
+from latentcache.runtime.backends.shared_weights import SharedWeights
 
 MAX_DEFAULT_THREADS = 8  # a cap on the default only: --threads may ask for more
 SLIDING = "sliding_attention"  # a sliding-window layer in the manifest's model.layer_types
@@ -122,7 +125,7 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, artifacts: Path, manifest: contract.Manifest, threads: int | None = None,
                  separate_decode: bool = False, int8_activations: bool = True, fixed_shapes: bool = False,
-                 cuda_graphs: bool = False, prefill_buckets: tuple[int, ...] = ()) -> None:
+                 cuda_graphs: bool = False, prefill_buckets: tuple[int, ...] = (), share_weights: bool = False) -> None:
         super().__init__(artifacts, manifest)
         self.cuda_graphs = cuda_graphs
         if fixed_shapes or cuda_graphs:
@@ -132,20 +135,19 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailable(self.missing_provider_message(ort))
         self.ort = ort
         dtype = numpy_dtype(manifest.kv.dtype)  # before loading: bf16 graphs fail deep inside session creation
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # TensorScatter logs a warning per call when it has to copy
-        options.intra_op_num_threads = threads or default_threads()
-        if not int8_activations:  # int4 graphs: fp32 products in the fused MatMulNBits (the parity tests' setting)
-            options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
         self.decode_on_prefill = not separate_decode
         kv = manifest.kv
         check_memory(cache_bytes(kv.num_layers, kv.batch, kv.num_kv_heads, kv.max_seq, kv.head_dim,
                                  np.dtype(dtype).itemsize) * (2 if manifest.kv_update == "portable" else 1),
                      f"the kv-cache of {self.artifacts}", "re-export with a smaller --batch or --max-seq")
-        self.sessions = {
-            name: self._session(name, spec, options)
-            for name, spec in manifest.graphs.items() if not (name == "decode" and self.decode_on_prefill)
-        }
+        graphs = [name for name in manifest.graphs if not (name == "decode" and self.decode_on_prefill)]
+        self.shared = SharedWeights(ort, self.artifacts, manifest, graphs, self.device) if share_weights else None
+        self.sessions = {}
+        for name in graphs:
+            options = self._session_options(threads, int8_activations)
+            if self.shared is not None:
+                self.shared.add_to(name, options)
+            self.sessions[name] = self._session(name, manifest.graphs[name], options)
         buffers = 2 if manifest.kv_update == "portable" else 1
         self.caches = [
             [self._allocate(kv.shape(), dtype) for _ in range(2 * kv.num_layers)] for _ in range(buffers)
@@ -211,6 +213,14 @@ class OnnxRuntimeBackend(Backend):
             for _ in range(2):
                 run.run({})
         self.reset()
+
+    def _session_options(self, threads: int | None, int8_activations: bool):
+        options = self.ort.SessionOptions()  # one per session: shared initializers are added per graph
+        options.log_severity_level = 3  # TensorScatter logs a warning per call when it has to copy
+        options.intra_op_num_threads = threads or default_threads()
+        if not int8_activations:  # int4 graphs: fp32 products in the fused MatMulNBits (the parity tests' setting)
+            options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+        return options
 
     def provider_options(self, graph: str) -> dict[str, str]:
         return {}
@@ -278,6 +288,8 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> str:
         notes = ["CUDA graphs"] if self.cuda_graphs else []
+        if self.shared is not None and self.shared.describe():
+            notes.append(self.shared.describe())
         if self.memset is None:
             notes.append("cache reset by a host copy: no CUDA runtime library found loaded in this process")
         return f"{self.name} ({'; '.join(notes)})" if notes else self.name
@@ -374,13 +386,13 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
 
     def __init__(self, artifacts: Path, manifest: contract.Manifest, threads: int | None = None,
                  separate_decode: bool = False, cuda_graphs: bool = True,
-                 prefill_buckets: tuple[int, ...] = PREFILL_BUCKETS) -> None:
+                 prefill_buckets: tuple[int, ...] = PREFILL_BUCKETS, share_weights: bool = False) -> None:
         if manifest.ops == "onnxruntime":  # its CUDA kernel takes neither fp32 nor an attention bias
             raise BackendUnavailable("these artifacts use ONNX Runtime's fused attention (--ops onnxruntime), which "
                                      "runs on its CPU provider only: use --backend onnxruntime-cpu, or re-export with "
                                      "--ops standard for CUDA")
         super().__init__(artifacts, manifest, threads, separate_decode, cuda_graphs=cuda_graphs,
-                         prefill_buckets=prefill_buckets)
+                         prefill_buckets=prefill_buckets, share_weights=share_weights)
 
     def provider_options(self, graph: str) -> dict[str, str]:
         captured = self.cuda_graphs and (graph != "coprocessor" or self.fixed_coprocessor)

@@ -1,0 +1,78 @@
+"""GPU memory of the ONNX Runtime CUDA backend with and without one copy of the base for all its sessions.
+
+    python benchmarks/gpu/shared_weights.py --base-only DIR --coprocessor DIR --json OUT
+
+``--base-only``: artifacts exported without a coprocessor; ``--coprocessor``: the same base exported with an
+(unmerged LoRA) coprocessor. Each configuration runs in a fresh process (ONNX Runtime's arena and CUDA graphs are
+device-wide): the backend is made, one request runs (128-token prompt, 32 greedy tokens, the coprocessor at the end
+of the prompt when there is one), and the device memory in use then, less what was in use before the backend was
+made (``torch.cuda.mem_get_info``), is its footprint. Tokens are compared between sharing on and off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+TEXT = ("The old lighthouse keeper climbed the spiral stairs each evening, counting the steps as his father had "
+        "taught him, and watched the ships pass beyond the reef while the lamp turned slowly above the water. ")
+
+
+def measure(artifacts: Path, share: bool) -> dict:
+    import torch
+
+    from latentcache.contract.manifest import load_manifest
+    from latentcache.runtime.backends.onnxruntime import OnnxRuntimeCudaBackend
+    from latentcache.runtime.generator import EndOfPrompt, Generator
+    from latentcache.runtime.tokenizer import Tokenizer
+
+    torch.cuda.init()
+    free, total = torch.cuda.mem_get_info()
+    before = total - free
+    manifest = load_manifest(artifacts)
+    backend = OnnxRuntimeCudaBackend(artifacts, manifest, share_weights=share)
+    tokenizer = Tokenizer(artifacts, manifest)
+    ids = []
+    while len(ids) < 128:
+        ids += tokenizer.encode(TEXT, chat=False)
+    policy = EndOfPrompt() if manifest.num_latents else None
+    tokens = [int(t[0]) for t in Generator(backend).generate([ids[:128]], 32, policy=policy)]
+    free, total = torch.cuda.mem_get_info()
+    return {"artifacts": str(artifacts), "share_weights": share, "coprocessor": bool(manifest.num_latents),
+            "gpu_memory_mib": round((total - free - before) / 2**20, 1), "describe": backend.describe(),
+            "tokens": tokens}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-only", type=Path, required=True)
+    parser.add_argument("--coprocessor", type=Path, required=True)
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # ARTIFACTS SHARE: the child process
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(Path(args.one[0]), args.one[1] == "1")))
+        return
+    rows = []
+    for artifacts, share in ((args.base_only, False), (args.base_only, True), (args.coprocessor, False),
+                             (args.coprocessor, True)):
+        out = subprocess.run([sys.executable, __file__, "--base-only", "-", "--coprocessor", "-", "--json", "-",
+                              "--one", str(artifacts), "1" if share else "0"], capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(out.stderr[-3000:])
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print({k: v for k, v in rows[-1].items() if k != "tokens"}, flush=True)
+    base = rows[0]["gpu_memory_mib"]
+    summary = {"coprocessor_over_base_only": {("shared" if r["share_weights"] else "per session"):
+                                              round(r["gpu_memory_mib"] / base, 3) for r in rows[2:]},
+               "tokens_identical": {"base only": rows[0]["tokens"] == rows[1]["tokens"],
+                                    "coprocessor": rows[2]["tokens"] == rows[3]["tokens"]}}
+    print(json.dumps(summary, indent=1))
+    args.json.write_text(json.dumps({"rows": rows, **summary}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
