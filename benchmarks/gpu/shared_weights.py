@@ -1,9 +1,9 @@
 """GPU memory of the ONNX Runtime CUDA backend with and without one copy of the base for all its sessions.
 
-    python benchmarks/gpu/shared_weights.py --base-only DIR --coprocessor DIR --json OUT
+    python benchmarks/gpu/shared_weights.py --coprocessor DIR [--base-only DIR] --json OUT
 
-``--base-only``: artifacts exported without a coprocessor; ``--coprocessor``: the same base exported with an
-(unmerged LoRA) coprocessor. Each configuration runs in a fresh process (ONNX Runtime's arena and CUDA graphs are
+``--coprocessor``: artifacts exported with an (unmerged LoRA) coprocessor; ``--base-only`` (optional): the same base
+exported without one. Each configuration runs in a fresh process (ONNX Runtime's arena and CUDA graphs are
 device-wide): the backend is made, one request runs (128-token prompt, 32 greedy tokens, the coprocessor at the end
 of the prompt when there is one), and the device memory in use then, less what was in use before the backend was
 made (``torch.cuda.mem_get_info``), is its footprint. Tokens are compared between sharing on and off.
@@ -48,7 +48,7 @@ def measure(artifacts: Path, share: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-only", type=Path, required=True)
+    parser.add_argument("--base-only", type=Path, help="base-only artifacts of the same base (optional)")
     parser.add_argument("--coprocessor", type=Path, required=True)
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # ARTIFACTS SHARE: the child process
@@ -57,19 +57,24 @@ def main() -> None:
         print(json.dumps(measure(Path(args.one[0]), args.one[1] == "1")))
         return
     rows = []
-    for artifacts, share in ((args.base_only, False), (args.base_only, True), (args.coprocessor, False),
-                             (args.coprocessor, True)):
-        out = subprocess.run([sys.executable, __file__, "--base-only", "-", "--coprocessor", "-", "--json", "-",
+    runs = [(args.coprocessor, False), (args.coprocessor, True)]
+    if args.base_only:
+        runs = [(args.base_only, False), (args.base_only, True)] + runs
+    for artifacts, share in runs:
+        out = subprocess.run([sys.executable, __file__, "--coprocessor", "-", "--json", "-",
                               "--one", str(artifacts), "1" if share else "0"], capture_output=True, text=True)
         if out.returncode:
             raise SystemExit(out.stderr[-3000:])
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print({k: v for k, v in rows[-1].items() if k != "tokens"}, flush=True)
-    base = rows[0]["gpu_memory_mib"]
-    summary = {"coprocessor_over_base_only": {("shared" if r["share_weights"] else "per session"):
-                                              round(r["gpu_memory_mib"] / base, 3) for r in rows[2:]},
-               "tokens_identical": {"base only": rows[0]["tokens"] == rows[1]["tokens"],
-                                    "coprocessor": rows[2]["tokens"] == rows[3]["tokens"]}}
+    per_session, shared = rows[-2:]
+    summary = {"coprocessor_shared_over_per_session": round(shared["gpu_memory_mib"] / per_session["gpu_memory_mib"], 3),
+               "tokens_identical": {"coprocessor": per_session["tokens"] == shared["tokens"]}}
+    if args.base_only:
+        base = rows[0]["gpu_memory_mib"]
+        summary["coprocessor_over_base_only"] = {"per session": round(per_session["gpu_memory_mib"] / base, 3),
+                                                 "shared": round(shared["gpu_memory_mib"] / base, 3)}
+        summary["tokens_identical"]["base only"] = rows[0]["tokens"] == rows[1]["tokens"]
     print(json.dumps(summary, indent=1))
     args.json.write_text(json.dumps({"rows": rows, **summary}, indent=1) + "\n")
 
