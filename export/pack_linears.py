@@ -17,8 +17,9 @@ reference).
 from __future__ import annotations
 
 import json
+from collections import Counter
 
-from latentcache.export.quantize import WEIGHT_SUFFIX, name_weights_after_modules
+from latentcache.export.quantize import WEIGHT_SUFFIX, drop_unread_initializers, name_weights_after_modules
 
 PACKED_KEY = "latentcache.packed_linears"  # model metadata: {packed module: [[module, columns], ...]}
 
@@ -29,7 +30,7 @@ def pack_linears(model) -> dict[str, list[tuple[str, int]]]:
 
     name_weights_after_modules(model)
     initializers = {t.name: t for t in model.graph.initializer}
-    readers = _readers(model)
+    readers = Counter(name for node in model.graph.node for name in node.input)
     groups: dict[str, list] = {}
     for node in model.graph.node:
         weight = node.input[1] if node.op_type == "MatMul" else ""
@@ -66,10 +67,7 @@ def pack_linears(model) -> dict[str, list[tuple[str, int]]]:
         nodes.extend(replaced.get(id(node), [node]))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    gone = {name + WEIGHT_SUFFIX for parts in packed.values() for name, _ in parts}
-    keep = [t for t in model.graph.initializer if t.name not in gone]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    drop_unread_initializers(model)  # the parts' own weights
     record_packed(model, packed)
     return packed
 
@@ -88,14 +86,6 @@ def parts_of_packed(model) -> dict[str, list[tuple[str, int]]]:
     """The packed modules a graph records: ``{packed module: [(module, columns), ...]}`` in column order."""
     value = next((p.value for p in model.metadata_props if p.key == PACKED_KEY), None)
     return {} if value is None else {k: [tuple(p) for p in v] for k, v in json.loads(value).items()}
-
-
-def _readers(model) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            counts[name] = counts.get(name, 0) + 1
-    return counts
 
 
 def _packable(tensor) -> bool:
@@ -168,7 +158,4 @@ def _drop_unread(model) -> None:
             break
         del model.graph.node[:]
         model.graph.node.extend(keep)
-    read = {name for node in model.graph.node for name in node.input}
-    keep = [t for t in model.graph.initializer if t.name in read]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    drop_unread_initializers(model)

@@ -163,8 +163,13 @@ def split_float_zero_points(model) -> None:
                                    name=f"{node.name}.add")]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    used = {name for node in model.graph.node for name in node.input}
-    keep = [t for t in model.graph.initializer if t.name in used]  # the float zero points are gone
+    drop_unread_initializers(model)  # the float zero points are gone
+
+
+def drop_unread_initializers(model) -> None:
+    """Remove the initializers no node reads (nor any graph output is): what a rewrite replaced."""
+    read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    keep = [t for t in model.graph.initializer if t.name in read]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
 

@@ -16,12 +16,16 @@ ART=${ART:-/tmp/art14}
 OUT=${OUT:-/tmp/out}
 COP=latentcache/defaults/smollm2-135m-instruct-lora16
 mkdir -p "$ART" "$OUT"
+# one NAME OPTIONS...: export SmolLM2 to $ART/NAME, the log in $OUT (run several side by side: export is mostly one
+# thread each, so $THREADS each; 2304 slots hold a 2,000-token prompt, 128 new tokens and the latents)
+one() { OMP_NUM_THREADS=${THREADS:-4} python3 -m latentcache.cli export --base "$MODEL_DIR" --out "$ART/$1" --force \
+          "${@:2}" > "$OUT/export_$1.log" 2>&1; echo "$1: exit $?"; tail -1 "$OUT/export_$1.log"; }
+# bench_fp16 SUFFIX: captured against uncaptured tokens, then decode_bench.py beside transformers, on $ART/fp16
+bench_fp16() { python3 benchmarks/gpu/capture_check.py "$ART/fp16" --json "$OUT/capture_check$1.json" | tail -3
+         python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" \
+           --json "$OUT/decode_bench$1.json" 2>&1 | grep -v Warning; }
 case "$1" in
 export)
-  # Four exports side by side (export is mostly one thread each); 2304 slots hold a 2,000-token prompt,
-  # 128 new tokens and the latents.
-  one() { OMP_NUM_THREADS=4 python3 -m latentcache.cli export --base "$MODEL_DIR" --out "$ART/$1" --force "${@:2}" \
-            > "$OUT/export_$1.log" 2>&1; echo "$1: exit $?"; tail -2 "$OUT/export_$1.log"; }
   one fp16 --coprocessor $COP --dtype fp16 --max-seq 2304 &
   one fp32 --coprocessor $COP --dtype fp32 --max-seq 2304 &
   one fp16b8 --dtype fp16 --batch 8 --max-seq 320 &
@@ -53,45 +57,33 @@ PY
     --json "$OUT/decode_bench_fp32.json" 2>&1 | grep -v Warning
   ;;
 copro)
-  OMP_NUM_THREADS=16 python3 -m latentcache.cli export --base "$MODEL_DIR" --out "$ART/fp16" --force \
-    --coprocessor $COP --dtype fp16 --max-seq 2304 2>&1 | tail -1
+  THREADS=16 one fp16 --coprocessor $COP --dtype fp16 --max-seq 2304
   python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" --contexts 128 \
     --skip-transformers --json "$OUT/decode_bench_copro.json" 2>&1 | grep -v Warning
   ;;
 ttft)
-  OMP_NUM_THREADS=16 python3 -m latentcache.cli export --base "$MODEL_DIR" --out "$ART/fp16" --force \
-    --coprocessor $COP --dtype fp16 --max-seq 2304 2>&1 | tail -1
-  python3 benchmarks/gpu/capture_check.py "$ART/fp16" --json "$OUT/capture_check_buckets.json" | tail -3
-  python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" \
-    --json "$OUT/decode_bench_buckets.json" 2>&1 | grep -v Warning
+  THREADS=16 one fp16 --coprocessor $COP --dtype fp16 --max-seq 2304
+  bench_fp16 _buckets
   ;;
 parity)
   # Stop 30's graphs (packed projections) in fp16 and fp32 with the default coprocessor, then CUDA (graphs and
   # prompt buckets on) against the CPU: fp16 CUDA against fp32 CPU, and fp32 CUDA against fp32 CPU.
-  one() { OMP_NUM_THREADS=8 python3 -m latentcache.cli export --base "$MODEL_DIR" --out "$ART/$1" --force "${@:2}" \
-            > "$OUT/export_$1.log" 2>&1; echo "$1: exit $?"; tail -1 "$OUT/export_$1.log"; }
-  one fp16 --coprocessor $COP --dtype fp16 --max-seq 2304 &
-  one fp32 --coprocessor $COP --dtype fp32 --max-seq 2304 &
+  THREADS=8 one fp16 --coprocessor $COP --dtype fp16 --max-seq 2304 &
+  THREADS=8 one fp32 --coprocessor $COP --dtype fp32 --max-seq 2304 &
   wait
   python3 benchmarks/ort_cuda_parity.py "$ART/fp16" --reference "$ART/fp32" --tokens 64 --json "$OUT/parity_fp16.json" | tail -4
   python3 benchmarks/ort_cuda_parity.py "$ART/fp32" --tokens 64 --json "$OUT/parity_fp32.json" | tail -4
   ;;
 measure)
-  # After `parity`: captured against uncaptured tokens, then decode_bench (with the cache reset's times).
-  python3 benchmarks/gpu/capture_check.py "$ART/fp16" --json "$OUT/capture_check.json" | tail -3
-  python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" \
-    --json "$OUT/decode_bench.json" 2>&1 | grep -v Warning
+  bench_fp16 ""  # after `parity` (with the cache reset's times in every latentcache row)
   ;;
 share)
   # One copy of the base on the GPU for every session: fp16 base-only and + coprocessor, memory with and without.
-  one() { OMP_NUM_THREADS=8 python3 -m latentcache.cli export --base "$MODEL_DIR" --out "$ART/$1" --force "${@:2}" \
-            > "$OUT/export_$1.log" 2>&1; echo "$1: exit $?"; }
-  one fp16 --coprocessor $COP --dtype fp16 --max-seq 2304 &
-  one fp16base --dtype fp16 --max-seq 2304 &
+  THREADS=8 one fp16 --coprocessor $COP --dtype fp16 --max-seq 2304 &
+  THREADS=8 one fp16base --dtype fp16 --max-seq 2304 &
   wait
   python3 benchmarks/gpu/shared_weights.py --base-only "$ART/fp16base" --coprocessor "$ART/fp16" \
     --json "$OUT/shared_weights.json" 2>&1 | grep -v Warning
-  python3 benchmarks/gpu/capture_check.py "$ART/fp16" --json "$OUT/capture_check_shared.json" | tail -3
   ;;
 bench)
   python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" --artifacts 8="$ART/fp16b8" \

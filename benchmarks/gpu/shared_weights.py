@@ -17,32 +17,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-TEXT = ("The old lighthouse keeper climbed the spiral stairs each evening, counting the steps as his father had "
-        "taught him, and watched the ships pass beyond the reef while the lamp turned slowly above the water. ")
+from decode_bench import device_used, prompt_ids  # this folder's GPU benchmark: the same prompt and memory reading
 
 
 def measure(artifacts: Path, share: bool) -> dict:
-    import torch
-
     from latentcache.contract.manifest import load_manifest
     from latentcache.runtime.backends.onnxruntime import OnnxRuntimeCudaBackend
     from latentcache.runtime.generator import EndOfPrompt, Generator
     from latentcache.runtime.tokenizer import Tokenizer
 
-    torch.cuda.init()
-    free, total = torch.cuda.mem_get_info()
-    before = total - free
+    before = device_used()
     manifest = load_manifest(artifacts)
     backend = OnnxRuntimeCudaBackend(artifacts, manifest, share_weights=share)
     tokenizer = Tokenizer(artifacts, manifest)
-    ids = []
-    while len(ids) < 128:
-        ids += tokenizer.encode(TEXT, chat=False)
+    ids = prompt_ids(lambda text: tokenizer.encode(text, chat=False), 128)
     policy = EndOfPrompt() if manifest.num_latents else None
-    tokens = [int(t[0]) for t in Generator(backend).generate([ids[:128]], 32, policy=policy)]
-    free, total = torch.cuda.mem_get_info()
+    tokens = [int(t[0]) for t in Generator(backend).generate([ids], 32, policy=policy)]
     return {"artifacts": str(artifacts), "share_weights": share, "coprocessor": bool(manifest.num_latents),
-            "gpu_memory_mib": round((total - free - before) / 2**20, 1), "describe": backend.describe(),
+            "gpu_memory_mib": round((device_used() - before) / 2**20, 1), "describe": backend.describe(),
             "tokens": tokens}
 
 

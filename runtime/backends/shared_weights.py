@@ -21,9 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from latentcache.arrays import HOST_DTYPES
 from latentcache.contract import manifest as contract
+from latentcache.contract.dtypes import ONNX_ELEMENT_TYPES
 
-NUMPY_TYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 10: np.float16}  # ONNX data_type
+# ONNX data_type -> numpy: the contract's types numpy holds as they are, and the quantized codes (uint8, int8)
+NUMPY_TYPES = {code: HOST_DTYPES[name] for code, name in ONNX_ELEMENT_TYPES.items() if name != "bfloat16"} | \
+    {2: np.uint8, 3: np.int8}
 
 
 class SharedWeights:
