@@ -41,7 +41,8 @@ def _build() -> Path:
     if shutil.which("cmake") is None and not (BUILD / "latentcache-run").is_file():
         pytest.skip("no cmake and no built latentcache-run in build/native: run .ci/run's native build step")
     if shutil.which("cmake") is not None:
-        if not (BUILD / "CMakeCache.txt").is_file():
+        # A failed configure still leaves CMakeCache.txt: only a generated build system means it succeeded.
+        if not any((BUILD / name).is_file() for name in ("Makefile", "build.ninja")):
             configure = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(BUILD), "-DCMAKE_BUILD_TYPE=Release"],
                                        capture_output=True, text=True)
             if configure.returncode != 0:
