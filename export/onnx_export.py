@@ -53,8 +53,9 @@ class ExportConfig:
     # A LoRA coprocessor's adapters: "unmerged" keeps them beside the base's own weights (stored once with the
     # base's in weights.bin); "merged" folds them into a second full copy (one MatMul per projection).
     lora: str = "unmerged"
-    # "standard": ONNX operators every backend reads; "onnxruntime": ONNX Runtime's fused attention
-    # (com.microsoft.GroupQueryAttention, latentcache.model.fused_attention), for ONNX Runtime on the CPU only.
+    # "standard": ONNX operators every backend reads; "onnx-llm": ONNX's Attention and RotaryEmbedding operators
+    # (latentcache.model.onnx_llm; ONNX Runtime CPU and CUDA, TensorRT >= 10.15); "onnxruntime": ONNX Runtime's
+    # fused attention (com.microsoft.GroupQueryAttention, latentcache.model.fused_attention), its CPU only.
     ops: str = "standard"
     force: bool = False
 
@@ -82,11 +83,17 @@ class ExportConfig:
 
 
 def check_ops(config: ExportConfig) -> None:
-    """What ONNX Runtime's fused attention kernel can run (its CPU kernel: float32 only, and no batch > 1 for
-    several rows after a non-empty past, which is what absorbing latents is)."""
+    """What each graph form can be: onnx-llm's operators need the opset-24 cache update; ONNX Runtime's fused
+    attention kernel (its CPU kernel) takes float32 only, and no batch > 1 for several rows after a non-empty past,
+    which is what absorbing latents is."""
     if config.ops not in contract.OPS_FORMS:
         raise LatentcacheError(f"--ops must be one of {', '.join(contract.OPS_FORMS)}, got '{config.ops}'")
     if config.ops == "standard":
+        return
+    if config.ops == "onnx-llm":
+        if config.kv_update != "inplace":
+            raise LatentcacheError("--ops onnx-llm uses opset-23 operators, and --kv-update portable writes opset-18 "
+                                   "graphs for TensorRT 10.3: drop --kv-update portable, or use --ops standard")
         return
     if config.dtype != "fp32":
         raise LatentcacheError(f"--ops onnxruntime runs on ONNX Runtime's CPU kernel, which takes fp32 only: drop "
@@ -145,7 +152,7 @@ def plan_graphs(base, coprocessor, config: ExportConfig, dtype: torch.dtype) -> 
     query, attend = Dim("query", min=1, max=max_seq), Dim("attend", min=1, max=max_seq)
     update = UPDATES[config.kv_update]
     # with the coprocessor's latent gate, when its variant has one
-    steps = base_steps(base, update, coprocessor, fused=config.ops == "onnxruntime")
+    steps = base_steps(base, update, coprocessor, ops=config.ops)
     cache = [torch.zeros(batch, mc.num_kv_heads, max_seq, mc.head_dim, dtype=dtype) for _ in range(2 * mc.num_layers)]
     q, span = 3, 7  # example sizes >= 2 so the exporter does not specialise them
     ids = torch.ones(batch, q, dtype=torch.long)
@@ -185,7 +192,7 @@ def plan_graphs(base, coprocessor, config: ExportConfig, dtype: torch.dtype) -> 
     if coprocessor is not None:
         n = coprocessor.config.num_latents
         plans.append(GraphPlan(
-            "coprocessor", CoprocessorStep(coprocessor),
+            "coprocessor", CoprocessorStep(coprocessor, config.ops),
             (torch.arange(span, span + n).expand(batch, -1).contiguous(), mask, cache), {},
             {"position_ids": {}, "attention_mask": {1: attend}, "cache": cache_dims},
             (_spec(contract.POSITION_IDS, "int64", ("batch", n)), _spec(contract.ATTENTION_MASK, "int64", ("batch", "attend")),

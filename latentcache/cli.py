@@ -257,9 +257,11 @@ def evaluate(**options) -> None:
                    "folds them into a second full copy.")
 @click.option("--kv-update", default="inplace", show_default=True, type=click.Choice(["inplace", "portable"]),
               help="inplace: TensorScatter (TensorRT >= 10.15, ONNX Runtime); portable: plain ops (TensorRT 10.3).")
-@click.option("--ops", default="standard", show_default=True, type=click.Choice(["standard", "onnxruntime"]),
-              help="standard: ONNX operators every backend reads; onnxruntime: ONNX Runtime's fused attention "
-                   "(GroupQueryAttention), fp32 on its CPU provider only.")
+@click.option("--ops", default="standard", show_default=True,
+              type=click.Choice(["standard", "onnx-llm", "onnxruntime"]),
+              help="standard: ONNX operators every backend reads; onnx-llm: ONNX's Attention and RotaryEmbedding "
+                   "operators (ONNX Runtime CPU/CUDA, TensorRT >= 10.15), fewer kernels per step; onnxruntime: ONNX "
+                   "Runtime's fused attention (GroupQueryAttention), fp32 on its CPU provider only.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
 @needs("export", *EXPORT_MODULES)
 def export_command(**options) -> None:

@@ -37,16 +37,20 @@ QUANTIZED = [("llama-gqa-tied", "int4"), ("qwen2-bias", "int8"), ("llama-gqa-tie
 # gemma2's (16, no q/k norms) reads the packed q/k/v product itself (export.pack_linears.feed_packed_qkv).
 FUSED = [("llama-gqa-tied", "float", "onnxruntime"), ("gemma3", "int4", "onnxruntime"),
          ("gemma2", "float", "onnxruntime")]
+# ONNX's Attention and RotaryEmbedding (--ops onnx-llm), batch 2 like the standard form: grouped-query heads and the
+# latent gate (llama), soft-caps (gemma2), sliding windows (mistral, slow) and quantized weights.
+ONNX_LLM = [("llama-gqa-tied", "float", "onnx-llm"), ("gemma2", "float", "onnx-llm"),
+            pytest.param(("mistral-sliding", "int4", "onnx-llm"), marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module", params=[
     arch if arch in DEFAULT_SET else pytest.param(arch, marks=pytest.mark.slow) for arch in ARCHITECTURES
-] + QUANTIZED + FUSED, ids=lambda p: "-".join(p) if isinstance(p, tuple) else p)
+] + QUANTIZED + FUSED + ONNX_LLM, ids=lambda p: "-".join(p) if isinstance(p, tuple) else p)
 def exported(request, tmp_path_factory):
     arch, weights, ops = (*request.param, "standard")[:3] if isinstance(request.param, tuple) else \
         (request.param, "float", "standard")
     return export_tiny(arch, tmp_path_factory.mktemp(f"{arch}-{weights}-{ops}"), kv_update="inplace",
-                       weights=weights, ops=ops, batch=2 if ops == "standard" else 1)
+                       weights=weights, ops=ops, batch=1 if ops == "onnxruntime" else 2)
 
 
 def prompts_of(exported) -> list[list[int]]:
@@ -365,6 +369,26 @@ def test_fused_attention_form_is_one_node_per_layer_and_onnxruntime_only(tmp_pat
         with pytest.raises(Exception, match=message):
             ExportConfig(base=base, out=tmp_path / "refused", ops="onnxruntime", **options)
 
+
+
+def test_onnx_llm_form_is_three_standard_nodes_per_layer_for_every_consumer(tmp_path):
+    """``--ops onnx-llm``: in every graph (the coprocessor's too) each layer attends in one ONNX Attention node and
+    rotates q and k in two RotaryEmbedding nodes, with no explicit softmax or rope arithmetic left; the cache is
+    still written by TensorScatter; both consumers may read it; and the export refuses the opset-18 lowering with
+    the fix (the parity tests run these graphs)."""
+    from latentcache.export.onnx_export import ExportConfig
+
+    llm = export_tiny("gemma3", tmp_path / "llm", batch=2, ops="onnx-llm")
+    manifest = load_manifest(llm.artifacts)
+    assert manifest.ops == "onnx-llm" and manifest.readable_by("onnxruntime") and manifest.readable_by("tensorrt")
+    layers = manifest.kv.num_layers
+    for graph in ("prefill", "decode", "coprocessor"):
+        ops = [n.op_type for n in onnx.load(str(llm.artifacts / f"{graph}.onnx"), load_external_data=False).graph.node]
+        assert (ops.count("Attention"), ops.count("RotaryEmbedding"), "Softmax" in ops, "Neg" in ops) == \
+            (layers, 2 * layers, False, False), graph
+        assert ops.count("TensorScatter") == (0 if graph == "coprocessor" else 2 * layers)
+    with pytest.raises(Exception, match="--ops onnx-llm uses opset-23 operators.*drop --kv-update portable"):
+        ExportConfig(base=llm.base_dir, out=tmp_path / "refused", ops="onnx-llm", kv_update="portable")
 
 
 def test_fused_attention_form_at_batch_2_gives_the_standard_tokens(tmp_path):

@@ -542,15 +542,15 @@ def make_checkpoint(base: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """``export(arch, kv_update, dtype="fp32", weights="float") -> artifacts`` with prefill, decode and coprocessor
-    graphs."""
+    """``export(arch, kv_update, dtype="fp32", weights="float", ops="standard") -> artifacts`` with prefill, decode
+    and coprocessor graphs."""
     from latentcache.export.onnx_export import ExportConfig, export_artifacts
     from tests.tiny import build_tiny, save_tiny_tokenizer
 
     root, bases, done = tmp_path_factory.mktemp("trt"), {}, {}
 
-    def export(arch: str, kv_update: str, dtype: str = "fp32", weights: str = "float") -> Path:
-        key = (arch, kv_update, dtype, weights)
+    def export(arch: str, kv_update: str, dtype: str = "fp32", weights: str = "float", ops: str = "standard") -> Path:
+        key = (arch, kv_update, dtype, weights, ops)
         if key in done:
             return done[key]
         if arch not in bases:
@@ -559,10 +559,10 @@ def exported(tmp_path_factory):
             save_tiny_tokenizer(base)
             bases[arch] = (base, make_checkpoint(base, root / arch / "coprocessor"))
         base, coprocessor = bases[arch]
-        out = root / arch / f"{kv_update}-{dtype}-{weights}"
+        out = root / arch / f"{kv_update}-{dtype}-{weights}-{ops}"
         done[key] = export_artifacts(ExportConfig(
             base=base, out=out, coprocessor=coprocessor, max_seq=64, kv_update=kv_update, dtype=dtype,
-            weights=weights), progress=lambda _: None)
+            weights=weights, ops=ops), progress=lambda _: None)
         return done[key]
 
     return export
@@ -608,6 +608,25 @@ def test_tiny_model_builds_with_tensorrt_rtx(exported, kv_update):
     assert trt.OnnxParser(network, logger).parse_from_file(str(artifacts / "decode.onnx"))
     updates = sum(network.get_layer(i).type == trt.LayerType.KV_CACHE_UPDATE for i in range(network.num_layers))
     assert updates == (2 * contract.load_manifest(artifacts).kv.num_layers if kv_update == "inplace" else 0)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", pytest.param("fp16", marks=pytest.mark.slow)])
+def test_onnx_llm_form_builds_with_tensorrt_rtx(exported, dtype):
+    """``--ops onnx-llm``'s Attention and RotaryEmbedding nodes are TensorRT layers of their own (its fused
+    attention and rotary), one attention and two rotaries per layer in every graph (the coprocessor's included)."""
+    trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
+    from latentcache.tensorrt_support import make_logger, network_flags
+
+    artifacts = exported(FAST_ARCH, "inplace", dtype, ops="onnx-llm")
+    check_build(artifacts)
+    layers = contract.load_manifest(artifacts).kv.num_layers
+    logger = make_logger(trt)
+    for graph in ("prefill", "decode", "coprocessor"):
+        network = trt.Builder(logger).create_network(network_flags(trt))
+        assert trt.OnnxParser(network, logger).parse_from_file(str(artifacts / f"{graph}.onnx"))
+        kinds = [network.get_layer(i).type for i in range(network.num_layers)]
+        assert kinds.count(trt.LayerType.ATTENTION_OUTPUT) == layers, graph
+        assert kinds.count(trt.LayerType.ROTARY_EMBEDDING) == 2 * layers, graph
 
 
 @pytest.mark.slow

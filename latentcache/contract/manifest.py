@@ -43,7 +43,7 @@ READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_FILE = "manifest.json"
 GRAPHS = ("prefill", "decode", "coprocessor")
 KV_UPDATES = ("inplace", "portable")
-OPS_FORMS = ("standard", "onnxruntime")  # the graph forms (Manifest.ops)
+OPS_FORMS = ("standard", "onnx-llm", "onnxruntime")  # the graph forms (Manifest.ops)
 
 # Roles: the contract's vocabulary. Per-layer cache roles carry the layer index in TensorSpec.layer.
 INPUT_IDS, INPUTS_EMBEDS, EMBEDS_MASK = "input_ids", "inputs_embeds", "embeds_mask"
@@ -157,8 +157,9 @@ class Manifest:
     # that read the graphs], and for int formats bits, block_size, symmetric, method, form}. Before version 3: the
     # dtype.
     weights: dict = field(default_factory=dict)
-    # "standard" (ONNX operators every backend reads) or "onnxruntime" (ONNX Runtime's fused attention; only it reads
-    # them). Same I/O contract either way.
+    # "standard" (ONNX operators every backend reads), "onnx-llm" (ONNX's Attention and RotaryEmbedding operators:
+    # ONNX Runtime, TensorRT >= 10.15) or "onnxruntime" (ONNX Runtime's fused attention; only it reads them). Same
+    # I/O contract in every form.
     ops: str = "standard"
     # The index of weights.bin (export/weight_store.py: per graph, each initializer stored there, its offset, length,
     # type and dims, and whether sessions may share it), so a runtime can load every tensor once for all its sessions;
@@ -192,7 +193,7 @@ class Manifest:
         return self._ops_readable_by(consumer) and consumer in self.weights.get("consumers", ("onnxruntime", "tensorrt"))
 
     def _ops_readable_by(self, consumer: str) -> bool:
-        return self.ops == "standard" or consumer == "onnxruntime"
+        return self.ops != "onnxruntime" or consumer == "onnxruntime"
 
     def require_consumer(self, consumer: str, error: type[Exception] = ManifestError) -> None:
         """A one-line ``error`` unless ``consumer`` can run these graphs (a backend raises BackendUnavailable, so

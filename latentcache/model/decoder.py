@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentcache.model import onnx_llm
 from latentcache.model.config import SLIDING, ModelConfig
 from latentcache.model.fused_attention import fused_attention
 from latentcache.model.rope import apply_rope, inverse_frequencies, rope_tables
@@ -233,6 +234,7 @@ class Attention(nn.Module):
         super().__init__()
         self.config, self.layer = config, layer
         self.explicit = False  # set by Decoder.use_graph_forms (exported graphs)
+        self.onnx_llm = False  # ditto: the onnx-llm graph form (its rope tables are halves: onnx_llm.half_tables)
         hidden, heads, kv_heads, head_dim = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
         self.q_proj = nn.Linear(hidden, heads * head_dim, bias=config.qkv_bias)
         self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=config.qkv_bias)
@@ -265,7 +267,8 @@ class Attention(nn.Module):
         v = self._heads(self.v_proj(x), cfg.num_kv_heads)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        rotate = onnx_llm.rotate if self.onnx_llm else apply_rope
+        q, k = rotate(q, *rope), rotate(k, *rope)
         if cache is not None:
             cache.write(self.layer, write_index, k, v)
             span = mask.shape[-1]
@@ -274,7 +277,10 @@ class Attention(nn.Module):
             span = mask.shape[-1] - k.shape[2]
             k = torch.cat((prefix.keys[self.layer][:, :, :span], k), dim=2)
             v = torch.cat((prefix.values[self.layer][:, :, :span], v), dim=2)
-        out = attend(q, k, v, mask, cfg.attn_scale, cfg.attn_softcap, self.explicit, key_bias)
+        if self.onnx_llm:
+            out = onnx_llm.attention(q, k, v, mask, cfg.attn_scale, cfg.attn_softcap, key_bias, explicit_attention)
+        else:
+            out = attend(q, k, v, mask, cfg.attn_scale, cfg.attn_softcap, self.explicit, key_bias)
         batch, _, seq, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
@@ -412,14 +418,18 @@ class Decoder(nn.Module):
         The shared core of ``forward`` and the exported graphs (which build their masks in-graph).
         """
         ropes = {kind: rope_tables(getattr(self, f"inv_freq_{kind}"), position_ids) for kind in self.config.rope}
+        if self.layers[0].self_attn.onnx_llm:
+            ropes = {kind: onnx_llm.half_tables(*tables) for kind, tables in ropes.items()}
         for layer, kind in zip(self.layers, self.config.layer_types):
             x = layer(x, ropes[kind], masks[kind], cache, write_index, prefix, gate)
         return self.norm(x)
 
-    def use_graph_forms(self, enable: bool = True) -> Decoder:
-        """Graph-friendly forms for export: ``explicit_attention`` instead of SDPA, dividing RMSNorms."""
+    def use_graph_forms(self, enable: bool = True, onnx_llm: bool = False) -> Decoder:
+        """Graph-friendly forms for export: ``explicit_attention`` instead of SDPA, dividing RMSNorms; with
+        ``onnx_llm``, ONNX's ``Attention`` and ``RotaryEmbedding`` operators (``latentcache.model.onnx_llm``)."""
         for layer in self.layers:
             layer.self_attn.explicit = enable
+            layer.self_attn.onnx_llm = enable and onnx_llm
         for module in self.modules():
             if isinstance(module, RMSNorm):
                 module.divide = enable

@@ -80,9 +80,10 @@ class BaseStep(nn.Module):
     """
 
     def __init__(self, base: Decoder, update, with_embeds: bool, latent_gate: torch.Tensor | None = None,
-                 fused: bool = False) -> None:
+                 ops: str = "standard") -> None:
         super().__init__()
-        self.base, self.update, self.with_embeds, self.fused = base.use_graph_forms(), update, with_embeds, fused
+        self.base, self.update, self.with_embeds = base.use_graph_forms(onnx_llm=ops == "onnx-llm"), update, with_embeds
+        self.fused = ops == "onnxruntime"
         self.register_buffer("latent_gate", None if latent_gate is None else latent_gate.detach().float().clone())
         self.eval()
 
@@ -104,13 +105,13 @@ class BaseStep(nn.Module):
         return (logits, *graph_cache.flat())
 
 
-def base_steps(base: Decoder, update, coprocessor=None, fused: bool = False) -> dict[str, BaseStep]:
+def base_steps(base: Decoder, update, coprocessor=None, ops: str = "standard") -> dict[str, BaseStep]:
     """The ``prefill`` and ``decode`` steps of artifacts exported with ``coprocessor`` (or none): one base, with
-    the coprocessor's latent gate when its variant has one (``refeed``'s is zero, ``gated``'s trained);
-    ``fused``: ONNX Runtime's fused attention (the ``onnxruntime`` graph form)."""
+    the coprocessor's latent gate when its variant has one (``refeed``'s is zero, ``gated``'s trained), in the
+    graph form ``ops`` (``Manifest.ops``)."""
     gate = None if coprocessor is None else coprocessor.latent_gate
-    return {"prefill": BaseStep(base, update, with_embeds=True, latent_gate=gate, fused=fused),
-            "decode": BaseStep(base, update, with_embeds=False, latent_gate=gate, fused=fused)}
+    return {"prefill": BaseStep(base, update, with_embeds=True, latent_gate=gate, ops=ops),
+            "decode": BaseStep(base, update, with_embeds=False, latent_gate=gate, ops=ops)}
 
 
 class CoprocessorStep(nn.Module):
@@ -120,11 +121,11 @@ class CoprocessorStep(nn.Module):
     runtime (``p + 1 + i`` for a prompt ending at position ``p``; ``latentcache.model.layout`` decides this).
     """
 
-    def __init__(self, coprocessor) -> None:
+    def __init__(self, coprocessor, ops: str = "standard") -> None:
         super().__init__()
         self.coprocessor = coprocessor
-        if coprocessor.network is not None:
-            coprocessor.network.use_graph_forms()
+        if coprocessor.network is not None:  # the onnxruntime form's fused node is the base's; onnx-llm's are both's
+            coprocessor.network.use_graph_forms(onnx_llm=ops == "onnx-llm")
         self.eval()
 
     def forward(self, position_ids, attention_mask, cache):
