@@ -562,7 +562,7 @@ def test_cuda_graph_ids_are_distinct_per_shape_and_buffer_set(tmp_path):
     """The capture bookkeeping, run on the CPU (its provider ignores the ids): each fixed shape, and each cache
     buffer set of the ping-pong lowering (a capture bakes in addresses), replays its own ``gpu_graph_id`` >= 1;
     variable-shape runs skip capture (-1); the warm-up captures leave a zeroed cache and the same tokens."""
-    from latentcache.runtime.backends.onnxruntime import OnnxRuntimeCudaBackend
+    from latentcache.runtime.backends.onnxruntime import OnnxRuntimeCudaBackend, sdpa_mask
 
     portable = export_tiny("qwen2-bias", tmp_path, kv_update="portable", batch=2, max_seq=48)
     manifest = load_manifest(portable.artifacts)
@@ -574,8 +574,13 @@ def test_cuda_graph_ids_are_distinct_per_shape_and_buffer_set(tmp_path):
     plain = OnnxRuntimeBackend(portable.artifacts, manifest)
     for policy in (None, EveryN(4)):
         assert (tokens_of(Generator(captured), policy, 10) == tokens_of(Generator(plain), policy, 10)).all()
+    captured.sdpa_kernel = {"decode": sdpa_mask("math")}  # what attention_kernels={"decode": "math"} sets
     assert OnnxRuntimeCudaBackend.provider_options(captured, "prefill") == {"enable_cuda_graph": "1"}
     assert OnnxRuntimeCudaBackend.provider_options(captured, "coprocessor") == {"enable_cuda_graph": "1"}
+    assert OnnxRuntimeCudaBackend.provider_options(captured, "decode") == {"enable_cuda_graph": "1", "sdpa_kernel": "16"}
+    assert sdpa_mask("flash+efficient+math") == 19
+    with pytest.raises(LatentcacheError, match="unknown attention kernel.*cudnn.*use flash, efficient, math"):
+        sdpa_mask("math+cudnn")
     assert "CUDA graphs" in captured.describe() and "CUDA graphs" not in plain.describe()
 
 

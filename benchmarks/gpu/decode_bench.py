@@ -4,7 +4,8 @@ cache + torch.compile) on the same GPU, same prompts, greedy.
 
     python benchmarks/gpu/decode_bench.py --base MODEL_DIR --artifacts 1=DIR --artifacts 8=DIR ... --json OUT
 
-``--artifacts BATCH=DIR`` names exported artifacts per batch size (the manifest's batch must match); the
+``--artifacts BATCH=DIR`` names exported artifacts per batch size (the manifest's batch must match; several of
+one batch, e.g. two graph forms, share its transformers rows); the
 batch-1 ones, when exported with a coprocessor, also give coprocessor + absorb. Each measurement is the median
 of ``--repetitions`` requests after one warm-up request: decode per token is a request's time after its first
 token divided by the tokens after the first (every row generates ``--new-tokens``, no stop id), TTFT the time
@@ -41,7 +42,8 @@ def device_used() -> int:
     return total - free
 
 
-def latentcache_runs(artifacts: Path, batch: int, contexts: list[int], new_tokens: int, repetitions: int) -> list[dict]:
+def latentcache_runs(artifacts: Path, batch: int, contexts: list[int], new_tokens: int, repetitions: int,
+                     attention_kernels: dict[str, str] | None = None, captured_only: bool = False) -> list[dict]:
     from latentcache.runtime.backends.onnxruntime import PREFILL_BUCKETS, OnnxRuntimeCudaBackend
     from latentcache.contract.manifest import load_manifest
     from latentcache.runtime.generator import EndOfPrompt, Generator, NoAugmentation
@@ -52,9 +54,11 @@ def latentcache_runs(artifacts: Path, batch: int, contexts: list[int], new_token
         raise SystemExit(f"{artifacts} runs batches of {manifest.kv.batch}, not {batch}")
     tokenizer = Tokenizer(artifacts, manifest)
     rows = []
-    for graphs, buckets in ((True, PREFILL_BUCKETS), (True, ()), (False, ())):
+    modes = ((True, PREFILL_BUCKETS),) if captured_only else ((True, PREFILL_BUCKETS), (True, ()), (False, ()))
+    for graphs, buckets in modes:
         before = device_used()
-        backend = OnnxRuntimeCudaBackend(artifacts, manifest, cuda_graphs=graphs, prefill_buckets=buckets)
+        backend = OnnxRuntimeCudaBackend(artifacts, manifest, cuda_graphs=graphs, prefill_buckets=buckets,
+                                         attention_kernels=attention_kernels)
         generator = Generator(backend)
         resets = reset_times(backend)
         policies = [("none", NoAugmentation)] + ([("end-of-prompt", EndOfPrompt)] if manifest.num_latents else [])
@@ -65,7 +69,8 @@ def latentcache_runs(artifacts: Path, batch: int, contexts: list[int], new_token
             for policy_name, policy in policies:
                 samples = [timed_request(generator, prompts, new_tokens, policy()) for _ in range(repetitions + 1)][1:]
                 row = {"system": "latentcache onnxruntime-cuda", "cuda_graphs": graphs,
-                       "prefill_buckets": list(backend.prefill_buckets), "dtype": manifest.dtype,
+                       "prefill_buckets": list(backend.prefill_buckets), "dtype": manifest.dtype, "ops": manifest.ops,
+                       "attention_kernels": attention_kernels or {},
                        "batch": batch, "context": context, "new_tokens": new_tokens, "policy": policy_name,
                        "max_seq": manifest.kv.max_seq, **summarise(samples, batch), **resets,
                        "gpu_memory_mib": round((device_used() - before) / 2**20)}
@@ -171,6 +176,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--captured-only", action="store_true", help="latentcache with CUDA graphs and buckets only")
+    parser.add_argument("--attention-kernels", action="append", default=[],
+                        help="GRAPH=KERNELS (onnx-llm artifacts): e.g. decode=math, the kernels ONNX Runtime may use")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     import torch
@@ -181,13 +189,17 @@ def main() -> None:
     contexts = [int(c) for c in args.contexts.split(",")]
     report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
               "onnxruntime": onnxruntime.__version__, "rows": []}
+    anchored = set()  # batches whose transformers rows are in (several artifacts may share a batch: graph forms)
     for item in args.artifacts:
         batch, directory = item.split("=", 1)
         batch = int(batch)
         lengths = contexts if batch == 1 else contexts[:1]
-        report["rows"] += latentcache_runs(Path(directory), batch, lengths, args.new_tokens, args.repetitions)
+        report["rows"] += latentcache_runs(Path(directory), batch, lengths, args.new_tokens, args.repetitions,
+                                           dict(item.split("=", 1) for item in args.attention_kernels),
+                                           args.captured_only)
         args.json.write_text(json.dumps(report, indent=2) + "\n")  # kept if a later part fails or runs out of time
-        if not args.skip_transformers:
+        if not args.skip_transformers and batch not in anchored:
+            anchored.add(batch)
             report["rows"] += transformers_runs(args.base, batch, lengths, args.new_tokens, args.repetitions)
             args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -8,6 +8,10 @@
 #   bash benchmarks/gpu/issue14.sh parity   # fp16 and fp32 batch 1 + coprocessor, CUDA against the CPU reference
 #   bash benchmarks/gpu/issue14.sh measure  # after parity: capture check and decode_bench on the fp16 artifacts
 #   bash benchmarks/gpu/issue14.sh share    # fp16 base-only and + coprocessor: GPU memory with one copy of the base
+#   bash benchmarks/gpu/issue14.sh llm      # --ops onnx-llm beside standard (fp16/fp32 + coprocessor): parity on CUDA
+#   bash benchmarks/gpu/issue14.sh llmbench # after llm: capture check, decode_bench of both forms and transformers
+#   bash benchmarks/gpu/issue14.sh kernels  # onnx-llm fp16 with ONNX Runtime's attention kernels chosen per graph,
+#                                           # beside the standard form (no transformers rows)
 # Expects setup.sh done (model in $MODEL_DIR) and onnxruntime-gpu in /tmp/ort-gpu (ort-gpu-pack.sh).
 set -uo pipefail
 export PYTHONPATH=/tmp/ort-gpu:/tmp/site:${PYTHONPATH:-} PYTHONUNBUFFERED=1
@@ -18,7 +22,8 @@ COP=latentcache/defaults/smollm2-135m-instruct-lora16
 mkdir -p "$ART" "$OUT"
 # one NAME OPTIONS...: export SmolLM2 to $ART/NAME, the log in $OUT (run several side by side: export is mostly one
 # thread each, so $THREADS each; 2304 slots hold a 2,000-token prompt, 128 new tokens and the latents)
-one() { OMP_NUM_THREADS=${THREADS:-4} python3 -m latentcache.cli export --base "$MODEL_DIR" --out "$ART/$1" --force \
+one() { if [ -n "${REUSE:-}" ] && [ -f "$ART/$1/manifest.json" ]; then echo "$1: kept"; return; fi
+        OMP_NUM_THREADS=${THREADS:-4} python3 -m latentcache.cli export --base "$MODEL_DIR" --out "$ART/$1" --force \
           "${@:2}" > "$OUT/export_$1.log" 2>&1; echo "$1: exit $?"; tail -1 "$OUT/export_$1.log"; }
 # bench_fp16 SUFFIX: captured against uncaptured tokens, then decode_bench.py beside transformers, on $ART/fp16
 bench_fp16() { python3 benchmarks/gpu/capture_check.py "$ART/fp16" --json "$OUT/capture_check$1.json" | tail -3
@@ -84,6 +89,33 @@ share)
   wait
   python3 benchmarks/gpu/shared_weights.py --base-only "$ART/fp16base" --coprocessor "$ART/fp16" \
     --json "$OUT/shared_weights.json" 2>&1 | grep -v Warning
+  ;;
+llm)
+  THREADS=4 one fp16 --coprocessor $COP --dtype fp16 --max-seq 2304 &
+  THREADS=4 one fp16llm --coprocessor $COP --dtype fp16 --max-seq 2304 --ops onnx-llm &
+  THREADS=4 one fp32 --coprocessor $COP --dtype fp32 --max-seq 2304 &
+  THREADS=4 one fp32llm --coprocessor $COP --dtype fp32 --max-seq 2304 --ops onnx-llm &
+  wait
+  python3 benchmarks/ort_cuda_parity.py "$ART/fp16llm" --reference "$ART/fp32" --tokens 64 \
+    --json "$OUT/parity_fp16_llm.json" | tail -4
+  python3 benchmarks/ort_cuda_parity.py "$ART/fp32llm" --tokens 64 --json "$OUT/parity_fp32_llm.json" | tail -4
+  ;;
+kernels)
+  REUSE=1 THREADS=8 one fp16 --coprocessor $COP --dtype fp16 --max-seq 2304 &
+  REUSE=1 THREADS=8 one fp16llm --coprocessor $COP --dtype fp16 --max-seq 2304 --ops onnx-llm &
+  wait
+  bench() { python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --skip-transformers --repetitions 2 --captured-only \
+              --json "$OUT/decode_bench_kernels_$1.json" "${@:2}" 2>&1 | grep -v Warning | cut -c1-330; }
+  bench standard --artifacts 1="$ART/fp16"
+  bench llm_decode_math --artifacts 1="$ART/fp16llm" --attention-kernels decode=math \
+    --attention-kernels coprocessor=math
+  bench llm_all_math --artifacts 1="$ART/fp16llm" --attention-kernels decode=math \
+    --attention-kernels coprocessor=math --attention-kernels prefill=math
+  ;;
+llmbench)
+  python3 benchmarks/gpu/capture_check.py "$ART/fp16llm" --json "$OUT/capture_check_llm.json" | tail -3
+  python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16llm" --artifacts 1="$ART/fp16" \
+    --json "$OUT/decode_bench_llm.json" 2>&1 | grep -v Warning
   ;;
 bench)
   python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --artifacts 1="$ART/fp16" --artifacts 8="$ART/fp16b8" \

@@ -374,6 +374,19 @@ class FixedShapeRun:
 
 
 PREFILL_BUCKETS = (16, 32, 64, 128, 256)  # prompt widths captured on CUDA (longer prompts run uncaptured)
+# ONNX Runtime's CUDA attention kernels (its "sdpa_kernel" provider option, a bit mask: contrib_ops/cpu/bert/
+# attention_common.h AttentionBackend), which the onnx-llm form's Attention nodes dispatch through.
+SDPA_KERNELS = {"flash": 1, "efficient": 2, "math": 16}
+
+
+def sdpa_mask(kernels: str) -> int:
+    """``"math"`` or ``"flash+efficient+math"`` -> ONNX Runtime's ``sdpa_kernel`` bit mask."""
+    names = kernels.split("+")
+    unknown = [name for name in names if name not in SDPA_KERNELS]
+    if unknown:
+        raise LatentcacheError(f"unknown attention kernel(s) {', '.join(unknown)}: use {', '.join(SDPA_KERNELS)}, "
+                               "joined by '+'")
+    return sum(SDPA_KERNELS[name] for name in set(names))
 
 
 class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
@@ -386,17 +399,24 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
 
     def __init__(self, artifacts: Path, manifest: contract.Manifest, threads: int | None = None,
                  separate_decode: bool = False, cuda_graphs: bool = True,
-                 prefill_buckets: tuple[int, ...] = PREFILL_BUCKETS, share_weights: bool = False) -> None:
+                 prefill_buckets: tuple[int, ...] = PREFILL_BUCKETS, share_weights: bool = False,
+                 attention_kernels: dict[str, str] | None = None) -> None:
+        """``attention_kernels``: per graph, the attention kernels ONNX Runtime may pick for onnx-llm artifacts'
+        Attention nodes, names of ``SDPA_KERNELS`` joined by "+" (default: its own choice everywhere)."""
         if manifest.ops == "onnxruntime":  # its CUDA kernel takes neither fp32 nor an attention bias
             raise BackendUnavailable("these artifacts use ONNX Runtime's fused attention (--ops onnxruntime), which "
                                      "runs on its CPU provider only: use --backend onnxruntime-cpu, or re-export with "
                                      "--ops standard for CUDA")
+        self.sdpa_kernel = {graph: sdpa_mask(kernels) for graph, kernels in (attention_kernels or {}).items()}
         super().__init__(artifacts, manifest, threads, separate_decode, cuda_graphs=cuda_graphs,
                          prefill_buckets=prefill_buckets, share_weights=share_weights)
 
     def provider_options(self, graph: str) -> dict[str, str]:
         captured = self.cuda_graphs and (graph != "coprocessor" or self.fixed_coprocessor)
-        return {"enable_cuda_graph": "1"} if captured else {}
+        options = {"enable_cuda_graph": "1"} if captured else {}
+        if graph in self.sdpa_kernel:
+            options["sdpa_kernel"] = str(self.sdpa_kernel[graph])
+        return options
 
     def missing_provider_message(self, ort) -> str:
         return (
