@@ -127,10 +127,12 @@ def test_quantized_artifacts_give_the_python_runtimes_tokens(native, tmp_path, w
     check_parity(native, export_tiny("qwen2-bias", tmp_path, batch=1, max_seq=64, weights=weights).artifacts)
 
 
-def test_fused_attention_artifacts_give_the_python_runtimes_tokens(native, tmp_path):
-    """``--ops onnxruntime`` graphs (GroupQueryAttention, rotary inside at gemma3's head size) bind and run the
-    same in the native runtime: the contract did not change."""
-    check_parity(native, export_tiny("gemma3", tmp_path, batch=1, max_seq=64, ops="onnxruntime").artifacts)
+@pytest.mark.parametrize("ops", ["onnxruntime", "onnx-llm"])
+def test_fused_attention_artifacts_give_the_python_runtimes_tokens(native, tmp_path, ops):
+    """``--ops onnxruntime`` graphs (GroupQueryAttention, rotary inside at gemma3's head size) and ``--ops
+    onnx-llm`` ones (ONNX Attention and RotaryEmbedding) bind and run the same in the native runtime: the contract
+    did not change."""
+    check_parity(native, export_tiny("gemma3", tmp_path, batch=1, max_seq=64, ops=ops).artifacts)
 
 
 # The native runtime binds what the manifest names and leaves the architecture to the graphs: the slow set adds the
