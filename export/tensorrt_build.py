@@ -39,8 +39,10 @@ from latentcache.tensorrt_support import (
 )
 
 TIMING_CACHE = "timing.cache"
-# Old TensorRT cannot import the in-place cache write; the parser error names the op.
-OP_HINTS = {"TensorScatter": "TensorScatter needs TensorRT >= 10.15: re-export with --kv-update portable"}
+# Old TensorRT cannot import the in-place cache write, nor onnx-llm's operators; the parser error names the op.
+ONNX_LLM_HINT = "ONNX Attention/RotaryEmbedding need TensorRT >= 10.15: re-export with --ops standard"
+OP_HINTS = {"TensorScatter": "TensorScatter needs TensorRT >= 10.15: re-export with --kv-update portable",
+            "Attention": ONNX_LLM_HINT, "RotaryEmbedding": ONNX_LLM_HINT}
 
 
 def build_engines(artifacts: Path, backend: str = "auto", workspace_gb: float | None = None,

@@ -712,6 +712,24 @@ def test_parser_errors_are_one_line(tmp_path):
     assert "\n" not in str(caught.value)
 
 
+def test_parser_errors_name_the_export_option_an_older_tensorrt_needs():
+    """A TensorRT before 10.15 fails on the in-place cache write and on onnx-llm's operators: the one-line error
+    says which re-export it can read, once per hint."""
+    from types import SimpleNamespace
+
+    from latentcache.export.tensorrt_build import parser_errors
+
+    def error(op: str, node: int):
+        return SimpleNamespace(node_name=lambda: f"/layers.{node}/{op}", node=lambda: node, node_operator=lambda: op,
+                               desc=lambda: "No importer registered for op")
+
+    failed = [error("Attention", 0), error("RotaryEmbedding", 1), error("Attention", 2), error("TensorScatter", 3)]
+    parser = SimpleNamespace(num_errors=len(failed), get_error=failed.__getitem__)
+    line = parser_errors(parser)
+    assert line.count("re-export with --ops standard") == 1 and line.count("re-export with --kv-update portable") == 1
+    assert "/layers.1/RotaryEmbedding (RotaryEmbedding): No importer registered for op" in line and "\n" not in line
+
+
 @pytest.mark.slow
 def test_smollm2_builds_with_tensorrt_rtx(request):
     """The real default base in fp16 (the Jetson precision; fp32 builds the same graph, measured: 25 s), exported
