@@ -195,7 +195,7 @@ def main() -> None:
         batch = int(batch)
         lengths = contexts if batch == 1 else contexts[:1]
         report["rows"] += latentcache_runs(Path(directory), batch, lengths, args.new_tokens, args.repetitions,
-                                           dict(item.split("=", 1) for item in args.attention_kernels),
+                                           dict(pair.split("=", 1) for pair in args.attention_kernels),
                                            args.captured_only)
         args.json.write_text(json.dumps(report, indent=2) + "\n")  # kept if a later part fails or runs out of time
         if not args.skip_transformers and batch not in anchored:

@@ -104,8 +104,8 @@ kernels)
   REUSE=1 THREADS=8 one fp16 --coprocessor $COP --dtype fp16 --max-seq 2304 &
   REUSE=1 THREADS=8 one fp16llm --coprocessor $COP --dtype fp16 --max-seq 2304 --ops onnx-llm &
   wait
-  bench() { python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --skip-transformers --repetitions 2 --captured-only \
-              --json "$OUT/decode_bench_kernels_$1.json" "${@:2}" 2>&1 | grep -v Warning | cut -c1-330; }
+  bench() { python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --skip-transformers --repetitions 2 \
+              --captured-only --json "$OUT/decode_bench_kernels_$1.json" "${@:2}" 2>&1 | grep -v Warning | cut -c1-330; }
   bench standard --artifacts 1="$ART/fp16"
   bench llm_decode_math --artifacts 1="$ART/fp16llm" --attention-kernels decode=math \
     --attention-kernels coprocessor=math
