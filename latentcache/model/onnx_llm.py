@@ -5,9 +5,10 @@ Per layer the standard form spends about twenty nodes on rotary (slices, negatio
 attention (query scaling, transposes, two MatMuls, the mask, an fp32 softmax); decoding a small model is bound by
 how many kernels a step launches, not by its arithmetic. Here those are three nodes, still standard ONNX, which
 each consumer maps to its fused kernels: ONNX Runtime's ``Attention`` dispatches to flash / memory-efficient /
-unfused attention on CUDA and runs on its CPU provider (grouped-query heads, bool and float masks, soft-cap:
-onnxruntime PR #27542 and issue #27880), TensorRT >= 10.15 imports them as ``IAttention`` / ``IRotaryEmbedding``
-(TensorRT-RTX builds them in CI).
+unfused attention on CUDA and runs on its CPU provider (grouped-query heads, bool and float masks: onnxruntime
+PR #27542 and issue #27880), TensorRT >= 10.15 imports them as ``IAttention`` / ``IRotaryEmbedding``
+(TensorRT-RTX builds them in CI). Soft-capped models keep the explicit attention (TensorRT takes no soft-cap) and
+get the rotary nodes.
 
 The semantics are the standard form's: the same boolean mask, the latent gate as a float mask of the
 activation dtype (0 + gate where attended, the dtype's minimum elsewhere) because ``Attention`` adds a float mask
@@ -40,8 +41,10 @@ def rotate(x: torch.Tensor, cos_half: torch.Tensor, sin_half: torch.Tensor) -> t
 def attention(q, k, v, mask, scale: float, softcap: float | None, key_bias, explicit) -> torch.Tensor:
     """``explicit(q, k, v, mask, scale, softcap, key_bias)`` (``decoder.explicit_attention``), as one
     ``Attention`` node in an export: ``q [B, H, Q, D]``, ``k/v [B, Hkv, K, D]`` (grouped-query heads read as
-    they are), ``mask`` bool ``[B, 1, Q, K]``."""
-    if not torch.onnx.is_in_onnx_export():
+    they are), ``mask`` bool ``[B, 1, Q, K]``. Soft-capped scores (Gemma-2) keep the explicit form, so that every
+    consumer still reads the graph: TensorRT's parser refuses ``Attention``'s ``softcap`` (TensorRT-RTX 1.7:
+    "Setting softcap is not supported in TensorRT Attention")."""
+    if not torch.onnx.is_in_onnx_export() or softcap is not None:  # TensorRT's IAttention takes no soft-cap
         return explicit(q, k, v, mask, scale, softcap, key_bias)
     attn_mask = mask if key_bias is None else gated_mask(mask, key_bias, q.shape[1], q.dtype)
     out, *_ = torch.onnx.ops.attention(q, k, v, attn_mask, scale=scale, softcap=softcap or 0.0)
