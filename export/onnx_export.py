@@ -376,7 +376,7 @@ def export_artifacts(config: ExportConfig, progress: Callable[[str], None] | Non
             for plan in plan_graphs(base, coprocessor, config, dtype):
                 form = dtypes.from_short(short) if config.weights == "float" else f"{config.weights} weights"
                 kind = "fused attention" if config.ops == "onnxruntime" and plan.name != "coprocessor" else \
-                    f"{config.kv_update} kv update"
+                    f"{config.kv_update} kv update" + (", ONNX Attention" if config.ops == "onnx-llm" else "")
                 with steps.step(f"exporting {plan.name}.onnx ({kind}, {form})"):
                     graphs[plan.name] = export_graph(plan, OPSET[config.kv_update], store, staging, config.weights)
             store.write_index()
