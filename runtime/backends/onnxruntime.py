@@ -375,7 +375,9 @@ class FixedShapeRun:
 
 PREFILL_BUCKETS = (16, 32, 64, 128, 256)  # prompt widths captured on CUDA (longer prompts run uncaptured)
 # ONNX Runtime's CUDA attention kernels (its "sdpa_kernel" provider option, a bit mask: contrib_ops/cpu/bert/
-# attention_common.h AttentionBackend), which the onnx-llm form's Attention nodes dispatch through.
+# attention_common.h AttentionBackend), which the onnx-llm form's Attention nodes dispatch through: the ONNX-domain
+# kernel reads the same GetAttentionKernelOptions() as the contrib ops (core/providers/cuda/llm/attention.cc) and
+# falls back flash -> memory-efficient -> unified unfused ("math", which cannot be disabled).
 SDPA_KERNELS = {"flash": 1, "efficient": 2, "math": 16}
 
 
