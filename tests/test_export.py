@@ -38,7 +38,8 @@ QUANTIZED = [("llama-gqa-tied", "int4"), ("qwen2-bias", "int8"), ("llama-gqa-tie
 FUSED = [("llama-gqa-tied", "float", "onnxruntime"), ("gemma3", "int4", "onnxruntime"),
          ("gemma2", "float", "onnxruntime")]
 # ONNX's Attention and RotaryEmbedding (--ops onnx-llm), batch 2 like the standard form: grouped-query heads and the
-# latent gate (llama), soft-caps (gemma2), sliding windows (mistral, slow) and quantized weights.
+# latent gate (llama), rotary nodes beside the explicit soft-capped attention (gemma2), sliding windows (mistral,
+# slow) and quantized weights.
 ONNX_LLM = [("llama-gqa-tied", "float", "onnx-llm"), ("gemma2", "float", "onnx-llm"),
             pytest.param(("mistral-sliding", "int4", "onnx-llm"), marks=pytest.mark.slow)]
 
