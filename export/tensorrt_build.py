@@ -137,21 +137,17 @@ def build_graph(trt, builder, logger, manifest: contract.Manifest, graph: str, o
     return serialized, profiles
 
 
-def allow_decomposed_attention(trt, network) -> int:
+def allow_decomposed_attention(trt, network) -> None:
     """Let the builder decompose each ``IAttention`` (``--ops onnx-llm``'s ONNX Attention) that no dedicated fused
     kernel covers (fp32, small head sizes): by default TensorRT refuses to build those ("Attention operation was not
     supported by a dedicated kernel"), and a decomposed attention is what the standard form builds anyway. Where a
-    fused kernel exists TensorRT still picks it. Returns how many were marked; TensorRT without ``IAttention``
-    (before 10.14) has none to mark."""
+    fused kernel exists TensorRT still picks it. TensorRT without ``IAttention`` (before 10.14) has none to mark."""
     kind = getattr(trt.LayerType, "ATTENTION_OUTPUT", None)
-    marked = 0
     for index in range(network.num_layers if kind is not None else 0):
         layer = network.get_layer(index)
         if layer.type == kind:
             layer.__class__ = trt.IAttentionOutputLayer  # get_layer returns the base ILayer
             layer.attention.decomposable = True
-            marked += 1
-    return marked
 
 
 def parser_errors(parser) -> str:

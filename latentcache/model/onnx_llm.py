@@ -47,7 +47,7 @@ def attention(q, k, v, mask, scale: float, softcap: float | None, key_bias, expl
     if not torch.onnx.is_in_onnx_export() or softcap is not None:  # TensorRT's IAttention takes no soft-cap
         return explicit(q, k, v, mask, scale, softcap, key_bias)
     attn_mask = mask if key_bias is None else gated_mask(mask, key_bias, q.shape[1], q.dtype)
-    out, *_ = torch.onnx.ops.attention(q, k, v, attn_mask, scale=scale, softcap=softcap or 0.0)
+    out, *_ = torch.onnx.ops.attention(q, k, v, attn_mask, scale=scale)
     return out
 
 
