@@ -562,7 +562,7 @@ def test_cuda_graph_ids_are_distinct_per_shape_and_buffer_set(tmp_path):
     """The capture bookkeeping, run on the CPU (its provider ignores the ids): each fixed shape, and each cache
     buffer set of the ping-pong lowering (a capture bakes in addresses), replays its own ``gpu_graph_id`` >= 1;
     variable-shape runs skip capture (-1); the warm-up captures leave a zeroed cache and the same tokens."""
-    from latentcache.runtime.backends.onnxruntime import OnnxRuntimeCudaBackend, sdpa_mask
+    from latentcache.runtime.backends.onnxruntime import OnnxRuntimeCudaBackend, attention_kernels_for, sdpa_mask
 
     portable = export_tiny("qwen2-bias", tmp_path, kv_update="portable", batch=2, max_seq=48)
     manifest = load_manifest(portable.artifacts)
@@ -579,6 +579,9 @@ def test_cuda_graph_ids_are_distinct_per_shape_and_buffer_set(tmp_path):
     assert OnnxRuntimeCudaBackend.provider_options(captured, "coprocessor") == {"enable_cuda_graph": "1"}
     assert OnnxRuntimeCudaBackend.provider_options(captured, "decode") == {"enable_cuda_graph": "1", "sdpa_kernel": "16"}
     assert sdpa_mask("flash+efficient+math") == 19
+    assert attention_kernels_for("onnx-llm", None) == {"prefill": "math", "decode": "math", "coprocessor": "math"}
+    assert attention_kernels_for("onnx-llm", {}) == {} and attention_kernels_for("standard", None) == {}
+    assert attention_kernels_for("onnx-llm", {"prefill": "flash+math"}) == {"prefill": "flash+math"}
     with pytest.raises(LatentcacheError, match="unknown attention kernel.*cudnn.*use flash, efficient, math"):
         sdpa_mask("math+cudnn")
     assert "CUDA graphs" in captured.describe() and "CUDA graphs" not in plain.describe()
@@ -624,6 +627,29 @@ def test_reset_zeroes_the_cache_where_it_lies(exported):
     assert loaded_library("libc", open("/proc/self/maps").read()).startswith("/")
     backend.memset = None
     assert written_then_reset() and "cache reset by a host copy" in backend.describe()
+
+
+def test_a_shared_weight_is_a_borrowed_view_that_add_initializer_takes():
+    """A copy ONNX Runtime allocated (as every copy onto the GPU is) owns its buffer, and add_initializer refuses it
+    (the first GPU run of share_weights failed so); the view share_weights hands over reads the same memory, is
+    taken, and keeps that memory alive after the copy's OrtValue is gone."""
+    import gc
+
+    import onnxruntime as ort
+
+    from latentcache.runtime.backends.shared_weights import borrowed_view
+
+    values = np.arange(6, dtype=np.float16).reshape(2, 3)
+    owned = ort.OrtValue.ortvalue_from_shape_and_type([2, 3], np.float16, "cpu", 0)
+    owned.update_inplace(values)
+    with pytest.raises(Exception, match="must be owned by the user"):
+        ort.SessionOptions().add_initializer("w", owned)
+    view = borrowed_view(ort, owned)
+    ort.SessionOptions().add_initializer("w", view)
+    assert view.data_ptr() == owned.data_ptr()
+    del owned
+    gc.collect()
+    assert (view.numpy() == values).all() and view.shape() == [2, 3]
 
 
 def test_sessions_given_one_copy_of_the_base_weights_give_the_same_tokens(exported):

@@ -70,7 +70,7 @@ def latentcache_runs(artifacts: Path, batch: int, contexts: list[int], new_token
                 samples = [timed_request(generator, prompts, new_tokens, policy()) for _ in range(repetitions + 1)][1:]
                 row = {"system": "latentcache onnxruntime-cuda", "cuda_graphs": graphs,
                        "prefill_buckets": list(backend.prefill_buckets), "dtype": manifest.dtype, "ops": manifest.ops,
-                       "attention_kernels": attention_kernels or {},
+                       "attention_kernels": {graph: int(mask) for graph, mask in backend.sdpa_kernel.items()},
                        "batch": batch, "context": context, "new_tokens": new_tokens, "policy": policy_name,
                        "max_seq": manifest.kv.max_seq, **summarise(samples, batch), **resets,
                        "gpu_memory_mib": round((device_used() - before) / 2**20)}
@@ -195,7 +195,8 @@ def main() -> None:
         batch = int(batch)
         lengths = contexts if batch == 1 else contexts[:1]
         report["rows"] += latentcache_runs(Path(directory), batch, lengths, args.new_tokens, args.repetitions,
-                                           dict(pair.split("=", 1) for pair in args.attention_kernels),
+                                           dict(pair.split("=", 1) for pair in args.attention_kernels)
+                                           if args.attention_kernels else None,  # None: the backend's default
                                            args.captured_only)
         args.json.write_text(json.dumps(report, indent=2) + "\n")  # kept if a later part fails or runs out of time
         if not args.skip_transformers and batch not in anchored:

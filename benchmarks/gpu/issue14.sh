@@ -12,6 +12,7 @@
 #   bash benchmarks/gpu/issue14.sh llmbench # after llm: capture check, decode_bench of both forms and transformers
 #   bash benchmarks/gpu/issue14.sh kernels  # onnx-llm fp16 with ONNX Runtime's attention kernels chosen per graph,
 #                                           # beside the standard form (no transformers rows)
+#   bash benchmarks/gpu/issue14.sh profile  # after share and kernels: each form's decode kernels (kernel_profile.py)
 # Expects setup.sh done (model in $MODEL_DIR) and onnxruntime-gpu in /tmp/ort-gpu (ort-gpu-pack.sh).
 set -uo pipefail
 export PYTHONPATH=/tmp/ort-gpu:/tmp/site:${PYTHONPATH:-} PYTHONUNBUFFERED=1
@@ -106,11 +107,21 @@ kernels)
   wait
   bench() { python3 benchmarks/gpu/decode_bench.py --base "$MODEL_DIR" --skip-transformers --repetitions 2 \
               --captured-only --json "$OUT/decode_bench_kernels_$1.json" "${@:2}" 2>&1 | grep -v Warning | cut -c1-330; }
+  # (decode steps run on the prefill session, so "decode=math" alone leaves them on ONNX Runtime's own choice;
+  # all-math is the CUDA backend's default for onnx-llm artifacts since stop 32)
   bench standard --artifacts 1="$ART/fp16"
   bench llm_decode_math --artifacts 1="$ART/fp16llm" --attention-kernels decode=math \
     --attention-kernels coprocessor=math
   bench llm_all_math --artifacts 1="$ART/fp16llm" --attention-kernels decode=math \
     --attention-kernels coprocessor=math --attention-kernels prefill=math
+  ;;
+profile)
+  python3 benchmarks/gpu/kernel_profile.py "$ART/fp16" "$ART/fp16llm" --json "$OUT/kernel_profile.json" 2>&1 |
+    grep -v Warning
+  python3 benchmarks/gpu/kernel_profile.py "$ART/fp16" "$ART/fp16llm" --fixed-shapes \
+    --json "$OUT/kernel_profile_fixed.json" 2>&1 | grep -v Warning
+  python3 benchmarks/gpu/kernel_profile.py "$ART/fp16llm" --fixed-shapes --attention-kernels prefill=math \
+    --json "$OUT/kernel_profile_fixed_math.json" 2>&1 | grep -v Warning
   ;;
 llmbench)
   python3 benchmarks/gpu/capture_check.py "$ART/fp16llm" --json "$OUT/capture_check_llm.json" | tail -3

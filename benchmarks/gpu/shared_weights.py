@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -23,18 +24,23 @@ from decode_bench import device_used, prompt_ids  # this folder's GPU benchmark:
 def measure(artifacts: Path, share: bool) -> dict:
     from latentcache.contract.manifest import load_manifest
     from latentcache.runtime.backends.onnxruntime import OnnxRuntimeCudaBackend
-    from latentcache.runtime.generator import EndOfPrompt, Generator
+    from latentcache.runtime.generator import EndOfPrompt, Generator, RequestStats
     from latentcache.runtime.tokenizer import Tokenizer
 
     before = device_used()
     manifest = load_manifest(artifacts)
     backend = OnnxRuntimeCudaBackend(artifacts, manifest, share_weights=share)
+    loaded = device_used() - before  # sessions, weights, caches and captured graphs, before any request
     tokenizer = Tokenizer(artifacts, manifest)
     ids = prompt_ids(lambda text: tokenizer.encode(text, chat=False), 128)
     policy = EndOfPrompt() if manifest.num_latents else None
-    tokens = [int(t[0]) for t in Generator(backend).generate([ids], 32, policy=policy)]
+    generator = Generator(backend)
+    tokens = [int(t[0]) for t in generator.generate([ids], 32, policy=policy)]
+    stats = RequestStats()  # a second request, timed: sharing must not slow the steps down
+    list(generator.generate([ids], 32, policy=policy, stats=stats))
     return {"artifacts": str(artifacts), "share_weights": share, "coprocessor": bool(manifest.num_latents),
-            "gpu_memory_mib": round((device_used() - before) / 2**20, 1), "describe": backend.describe(),
+            "gpu_memory_mib": round((device_used() - before) / 2**20, 1), "loaded_mib": round(loaded / 2**20, 1),
+            "decode_step_ms": round(1e3 * statistics.median(stats.step_s), 3), "describe": backend.describe(),
             "tokens": tokens}
 
 

@@ -10,9 +10,10 @@ arrays (ONNX Runtime copies them to the device); logits and latents land in prea
 Memory: by default decode steps run on the prefill session (one token, no embedding rows): one session for the
 base instead of two, at the same speed on ONNX Runtime (the static decode graph exists for TensorRT's CUDA
 graphs). ``separate_decode=True`` loads ``decode.onnx`` as well (the parity tests do). On the CPU every session
-holds its own prepacked copy of its weights. ``share_weights`` (for CUDA; off by default until it has run on a GPU)
-makes the base's tensors that the prefill and an unmerged LoRA coprocessor both read one device copy for both
-(``shared_weights``).
+holds its own prepacked copy of its weights. ``share_weights`` (for CUDA) makes the base's tensors that the prefill
+and an unmerged LoRA coprocessor both read one device copy for both (``shared_weights``). It is off by default: on
+an H100 (SmolLM2 fp16 + coprocessor) it gave the same tokens at the same speed but saved only 3 % of device memory
+(990 against 1,020 MiB; docs/results.md).
 
 Quantized weights (``--weights int4``): ONNX Runtime fuses each DequantizeLinear + MatMul into MatMulNBits as
 it loads the graph and, by default, multiplies in int8 (activations quantized per block on the fly, its
@@ -391,6 +392,18 @@ def sdpa_mask(kernels: str) -> int:
     return sum(SDPA_KERNELS[name] for name in set(names))
 
 
+def attention_kernels_for(ops: str, chosen: dict[str, str] | None) -> dict[str, str]:
+    """The CUDA attention kernels per graph: ``chosen`` where given, else the unfused "math" kernel for every graph
+    of onnx-llm artifacts. ONNX Runtime's own choice there (memory-efficient, since the mask is explicit) spreads
+    one query row over the whole padded capacity across few thread blocks: on an H100 (SmolLM2 fp16, 2,304 slots)
+    its attention took 3.36 of a 5.14 ms step, and with "math" everywhere decode took 2.35 ms per token against
+    the standard form's 2.84 ms in the same run (docs/results.md, stop 32). Decode steps run on the prefill
+    session unless ``separate_decode``, so its kernel is the prefill graph's."""
+    if chosen is not None:
+        return dict(chosen)
+    return {graph: "math" for graph in ("prefill", "decode", "coprocessor")} if ops == "onnx-llm" else {}
+
+
 class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
     """ONNX Runtime's CUDA provider; decode steps, absorbs and prompts of up to ``PREFILL_BUCKETS[-1]`` tokens
     replayed as CUDA graphs unless ``cuda_graphs=False``."""
@@ -402,16 +415,19 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
     def __init__(self, artifacts: Path, manifest: contract.Manifest, threads: int | None = None,
                  separate_decode: bool = False, cuda_graphs: bool = True,
                  prefill_buckets: tuple[int, ...] = PREFILL_BUCKETS, share_weights: bool = False,
-                 attention_kernels: dict[str, str] | None = None) -> None:
-        """``attention_kernels``: per graph, the attention kernels ONNX Runtime may pick for onnx-llm artifacts'
-        Attention nodes, names of ``SDPA_KERNELS`` joined by "+" (default: its own choice everywhere)."""
+                 attention_kernels: dict[str, str] | None = None, fixed_shapes: bool = False) -> None:
+        """``fixed_shapes`` without ``cuda_graphs``: the captured runs' shapes, each launch its own (to profile).
+        ``attention_kernels``: per graph, the attention kernels ONNX Runtime may pick for onnx-llm artifacts'
+        Attention nodes, names of ``SDPA_KERNELS`` joined by "+" (default: ``attention_kernels_for``; ``{}`` leaves
+        the choice to ONNX Runtime)."""
         if manifest.ops == "onnxruntime":  # its CUDA kernel takes neither fp32 nor an attention bias
             raise BackendUnavailable("these artifacts use ONNX Runtime's fused attention (--ops onnxruntime), which "
                                      "runs on its CPU provider only: use --backend onnxruntime-cpu, or re-export with "
                                      "--ops standard for CUDA")
-        self.sdpa_kernel = {graph: sdpa_mask(kernels) for graph, kernels in (attention_kernels or {}).items()}
+        chosen = attention_kernels_for(manifest.ops, attention_kernels)
+        self.sdpa_kernel = {graph: sdpa_mask(kernels) for graph, kernels in chosen.items()}
         super().__init__(artifacts, manifest, threads, separate_decode, cuda_graphs=cuda_graphs,
-                         prefill_buckets=prefill_buckets, share_weights=share_weights)
+                         prefill_buckets=prefill_buckets, share_weights=share_weights, fixed_shapes=fixed_shapes)
 
     def provider_options(self, graph: str) -> dict[str, str]:
         captured = self.cuda_graphs and (graph != "coprocessor" or self.fixed_coprocessor)

@@ -57,7 +57,8 @@ class SharedWeights:
         if offset not in self.values:
             raw = self.mapped[offset: offset + entry["length"]]
             array = raw.view(NUMPY_TYPES[entry["data_type"]]).reshape(entry["dims"])
-            self.values[offset] = self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+            copy = self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+            self.values[offset] = borrowed_view(self.ort, copy)
         return self.values[offset]
 
     def describe(self) -> str:
@@ -67,3 +68,20 @@ class SharedWeights:
         mib = sum(e["length"] for e in {e["offset"]: e for v in self.entries.values() for e in v}.values()) / 2**20
         sessions = sum(1 for entries in self.entries.values() if entries)
         return f"{len(self.values)} weight tensors ({mib:.1f} MiB) held once for {sessions} sessions"
+
+
+def borrowed_view(ort, value):
+    """``value``'s buffer as an OrtValue that does not own it, which is what ``add_initializer`` takes.
+
+    ONNX Runtime refuses an initializer whose tensor owns its buffer ("Buffer containing the initializer must be
+    owned by the user", onnxruntime_pybind_state.cc), and a copy onto the device is owned by the OrtValue that made
+    it (the first GPU run of share_weights failed so). A DLPack round trip gives a view of the same memory whose
+    deleter holds the original tensor, so the buffer lives as long as the view (onnxruntime/python/
+    dlpack_converter.cc; onnxruntime-gpu 1.31.1 has both ends).
+    """
+    try:
+        capsule = value._ortvalue.to_dlpack()
+        return ort.OrtValue(ort.capi._pybind_state.OrtValue.from_dlpack(capsule))
+    except AttributeError as missing:
+        raise RuntimeError(f"onnxruntime {ort.__version__} has no DLPack support, which share_weights needs to hand "
+                           "one device copy to several sessions: pass share_weights=False") from missing
