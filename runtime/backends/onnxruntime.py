@@ -13,7 +13,7 @@ graphs). ``separate_decode=True`` loads ``decode.onnx`` as well (the parity test
 holds its own prepacked copy of its weights. ``share_weights`` (for CUDA) makes the base's tensors that the prefill
 and an unmerged LoRA coprocessor both read one device copy for both (``shared_weights``). It is off by default: on
 an H100 (SmolLM2 fp16 + coprocessor) it gave the same tokens at the same speed but saved only 3 % of device memory
-(990 against 1,020 MiB; docs/results.md).
+(988 against 1,020 MiB; docs/results.md).
 
 Quantized weights (``--weights int4``): ONNX Runtime fuses each DequantizeLinear + MatMul into MatMulNBits as
 it loads the graph and, by default, multiplies in int8 (activations quantized per block on the fly, its
