@@ -70,7 +70,7 @@ def latentcache_runs(artifacts: Path, batch: int, contexts: list[int], new_token
                 samples = [timed_request(generator, prompts, new_tokens, policy()) for _ in range(repetitions + 1)][1:]
                 row = {"system": "latentcache onnxruntime-cuda", "cuda_graphs": graphs,
                        "prefill_buckets": list(backend.prefill_buckets), "dtype": manifest.dtype, "ops": manifest.ops,
-                       "attention_kernels": {graph: int(mask) for graph, mask in backend.sdpa_kernel.items()},
+                       "attention_kernels": backend.attention_kernels,
                        "batch": batch, "context": context, "new_tokens": new_tokens, "policy": policy_name,
                        "max_seq": manifest.kv.max_seq, **summarise(samples, batch), **resets,
                        "gpu_memory_mib": round((device_used() - before) / 2**20)}

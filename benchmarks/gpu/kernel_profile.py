@@ -54,10 +54,9 @@ def profile_artifact(artifacts: Path, steps: int, attention_kernels: dict[str, s
                 for name in many_us}
     ranked = sorted(per_step.items(), key=lambda item: -item[1][0])
     total = sum(us for us, _ in per_step.values())
-    kernels = {graph: int(mask) for graph, mask in backend.sdpa_kernel.items()}
     backend.close()
     return {"artifacts": str(artifacts), "ops": manifest.ops, "dtype": manifest.dtype, "fixed_shapes": fixed_shapes,
-            "attention_kernels": kernels, "steps": steps,
+            "attention_kernels": backend.attention_kernels, "steps": steps,
             "gpu_ms_per_step": round(total / 1e3, 3),
             "launches_per_step": round(sum(n for _, n in per_step.values()), 1),
             "kernels": [{"name": name[:160], "us_per_step": round(us, 1), "launches_per_step": round(n, 2)}

@@ -424,8 +424,8 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
             raise BackendUnavailable("these artifacts use ONNX Runtime's fused attention (--ops onnxruntime), which "
                                      "runs on its CPU provider only: use --backend onnxruntime-cpu, or re-export with "
                                      "--ops standard for CUDA")
-        chosen = attention_kernels_for(manifest.ops, attention_kernels)
-        self.sdpa_kernel = {graph: sdpa_mask(kernels) for graph, kernels in chosen.items()}
+        self.attention_kernels = attention_kernels_for(manifest.ops, attention_kernels)
+        self.sdpa_kernel = {graph: sdpa_mask(kernels) for graph, kernels in self.attention_kernels.items()}
         super().__init__(artifacts, manifest, threads, separate_decode, cuda_graphs=cuda_graphs,
                          prefill_buckets=prefill_buckets, share_weights=share_weights, fixed_shapes=fixed_shapes)
 
