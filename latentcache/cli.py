@@ -275,11 +275,20 @@ def export_command(**options) -> None:
 @click.argument("artifacts", type=click.Path(path_type=Path))
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "tensorrt", "tensorrt_rtx"]))
 @click.option("--workspace", type=FINITE, help="Builder workspace limit in GiB.")
-def build_command(artifacts: Path, backend: str, workspace: float | None) -> None:
-    """Compile every graph of ARTIFACTS into a TensorRT (or TensorRT-RTX) engine."""
+@click.option("--separate-decode", is_flag=True,
+              help="Give decode an engine of its own (a second copy of the base's weights) instead of a second "
+                   "optimization profile of the prefill engine.")
+@click.option("--share-weights", is_flag=True,
+              help="Engines take the base's weight matrices as inputs, bound at run time to one device copy for "
+                   "every engine (prefill, decode, coprocessor) instead of a copy in each.")
+def build_command(artifacts: Path, backend: str, workspace: float | None, separate_decode: bool,
+                  share_weights: bool) -> None:
+    """Compile the graphs of ARTIFACTS into TensorRT (or TensorRT-RTX) engines: prefill (serving decode too) and
+    the coprocessor."""
     from latentcache.export.tensorrt_build import build_engines
 
-    for engine in build_engines(artifacts, backend, workspace, progress=lambda m: click.echo(m, err=True)):
+    for engine in build_engines(artifacts, backend, workspace, progress=lambda m: click.echo(m, err=True),
+                                separate_decode=separate_decode, share_weights=share_weights):
         click.echo(str(engine))
 
 

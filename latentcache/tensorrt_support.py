@@ -8,7 +8,8 @@ shim, the profile rule and the metadata schema from here, so the builder and the
 about them.
 
 Engines live in ``ARTIFACTS/engines/<flavour>/<graph>.engine``, each with ``<graph>.json`` beside it
-(``EngineMetadata``). TensorRT engines are tied to the TensorRT version and to the GPU's compute capability;
+(``EngineMetadata``). One engine may serve several graphs, one optimization profile each: by default the prefill
+engine serves decode too (``engine_plan``), so the base's weights are in one engine, not two. TensorRT engines are tied to the TensorRT version and to the GPU's compute capability;
 TensorRT-RTX builds ahead of time on the CPU for a set of compute capabilities. The backend refuses any
 mismatch with a message naming the fix: rebuild with ``latentcache build``.
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 
 from latentcache.contract.dtypes import TENSORRT_NAMES as DTYPE_NAMES  # noqa: F401 (the builder's and tests' name)
-from latentcache.contract.manifest import Manifest, ManifestError, TensorSpec
+from latentcache.contract.manifest import GRAPHS, Manifest, ManifestError, TensorSpec
 from latentcache.errors import BackendUnavailable, LatentcacheError
 
 FLAVOURS = ("tensorrt", "tensorrt_rtx")
@@ -34,7 +35,7 @@ INSTALL = {
     "tensorrt_rtx": "pip install tensorrt-rtx-cu13 (TensorRT for RTX; builds on the CPU)",
 }
 ENGINES_DIR = "engines"
-ENGINE_FORMAT = 1
+ENGINE_FORMAT = 2  # 2: ``serves`` and per-graph ``profiles`` (one engine, several profiles)
 AHEAD_OF_TIME = "ahead-of-time/CPU"
 # TensorRT-RTX engines built without setComputeCapability run on "compute capability 8.0, 8.6, 8.9, 12.0,
 # and later" (docs.nvidia.com/deeplearning/tensorrt-rtx/latest/inference-library/cpu-engines.html; the
@@ -118,7 +119,8 @@ def metadata_path(artifacts: Path, flavour: str, graph: str) -> Path:
 class EngineMetadata:
     """What an engine was built from and for; written beside each engine, checked before deserializing it."""
 
-    graph: str
+    graph: str  # the ONNX graph the engine was built from
+    serves: tuple[str, ...]  # the graphs it runs, in optimization-profile order: ("prefill", "decode")
     flavour: str  # "tensorrt" | "tensorrt_rtx"
     version: str  # the library's __version__, e.g. "10.13.3.9" or "1.7.1.116"
     compute_capability: str  # the build GPU's "major.minor"; AHEAD_OF_TIME for TensorRT-RTX
@@ -126,10 +128,11 @@ class EngineMetadata:
     manifest_sha256: str
     graph_file: str
     graph_sha256: str
-    profiles: dict  # input name -> {"min": [...], "opt": [...], "max": [...]}
+    profiles: dict  # served graph -> input name -> {"min": [...], "opt": [...], "max": [...]}
     engine_bytes: int
     engine_sha256: str
     build_seconds: float
+    bound_weights: tuple[str, ...] = ()  # weight tensors the engine takes as inputs (``latentcache build --share-weights``)
     workspace_bytes: int | None = None
     built_at: str = ""
     tool_versions: dict = field(default_factory=dict)
@@ -145,7 +148,8 @@ class EngineMetadata:
             if data.get("format") != ENGINE_FORMAT:
                 raise EngineMismatch(f"{path}: engine metadata format {data.get('format')} is not "
                                      f"{ENGINE_FORMAT}: rebuild with `latentcache build`")
-            data["targets"] = tuple(data["targets"])
+            data["targets"], data["serves"] = tuple(data["targets"]), tuple(data["serves"])
+            data["bound_weights"] = tuple(data.get("bound_weights", ()))
             return EngineMetadata(**data)
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise EngineMismatch(f"{path}: unreadable engine metadata ({exc}): rebuild with `latentcache build`") \
@@ -167,11 +171,14 @@ def compute_capability_ok(capability: str, targets: tuple[str, ...]) -> bool:
 
 
 def metadata_problems(meta: EngineMetadata, *, graph: str, flavour: str, version: str, manifest_sha256: str,
-                      compute_capability: str | None) -> list[str]:
-    """Every reason the engine described by ``meta`` must not be loaded here (empty when it may)."""
+                      compute_capability: str | None, graphs: tuple[str, ...] = GRAPHS) -> list[str]:
+    """Every reason the engine described by ``meta`` must not be loaded here (empty when it may); ``graphs``: those
+    of the artifacts, which it may serve."""
     problems = []
     if meta.graph != graph:
         problems.append(f"it holds graph '{meta.graph}', not '{graph}'")
+    if meta.serves[:1] != (graph,) or not set(meta.serves) <= set(graphs):
+        problems.append(f"it serves {', '.join(meta.serves) or 'nothing'}, not {graph} first among {', '.join(graphs)}")
     if meta.flavour != flavour:
         problems.append(f"it was built with {meta.flavour}, not {flavour}")
     if meta.version != version:
@@ -189,6 +196,46 @@ def check_metadata(meta: EngineMetadata, where: Path, artifacts: Path, **expecte
     if problems:
         raise EngineMismatch(f"{where}: {'; '.join(problems)}: rebuild with "
                              f"`latentcache build {artifacts} --backend {expected['flavour']}`")
+
+
+# --- which engine serves which graph --------------------------------------------------------------------
+
+def engine_plan(manifest: Manifest, separate_decode: bool = False) -> dict[str, tuple[str, ...]]:
+    """``engine graph -> the graphs it serves``, one optimization profile each, in profile order.
+
+    Every TensorRT engine holds its own copy of the weights it reads, so a decode engine beside the prefill engine
+    is a second copy of the base on the device. By default the prefill engine serves decode as its second profile
+    (one static query row, the cache's whole capacity attended): the ONNX Runtime backends run decode on the
+    prefill graph the same way, and TensorRT tunes each profile's kernels on its own (NVIDIA's Torch-TensorRT
+    "Multiple Optimization Profiles (Prefill / Decode)"). ``separate_decode``: decode gets its own engine.
+    The coprocessor has weights of its own (a fine-tuned or merged copy) and always its own engine.
+    """
+    graphs = [g for g in GRAPHS if g in manifest.graphs]  # prefill before the decode it serves
+    if "decode" in graphs and "prefill" in graphs and not separate_decode:
+        graphs.remove("decode")
+        return {g: ("prefill", "decode") if g == "prefill" else (g,) for g in graphs}
+    return {g: (g,) for g in graphs}
+
+
+# --- weights bound at run time ---------------------------------------------------------------------------
+
+BOUND_WEIGHT_TYPES = (1, 10, 16)  # ONNX float32, float16, bfloat16: quantized codes stay constants of their DQ node
+
+
+def bound_weight_entries(artifacts: Path, manifest: Manifest, graph: str) -> list[dict]:
+    """The ``weights.json`` entries of ``graph`` that ``--share-weights`` engines take as inputs instead of holding:
+    the float matrices stored in ``weights.bin``, each bound at run time to the one device copy of its bytes.
+
+    TensorRT keeps a copy of every constant weight in each engine, and TensorRT-RTX one per optimization profile
+    (measured: a two-profile engine of one fp16 MatMul is twice the one-profile engine; SmolLM2's prefill engine
+    serving decode holds the layers' weights twice), so weights held by the runtime are the only way to one copy.
+    """
+    if not manifest.weight_index:
+        raise ManifestError(f"{artifacts} has no weight index (exported before weights.json): re-export to build "
+                            "engines with --share-weights")
+    index = json.loads((Path(artifacts) / manifest.weight_index).read_text())
+    return [e for e in index["graphs"].get(graph, [])
+            if e["data_type"] in BOUND_WEIGHT_TYPES and len(e["dims"]) >= 2]  # norm vectors stay constants
 
 
 # --- optimization profiles ------------------------------------------------------------------------------
@@ -238,15 +285,16 @@ def resolve_shape(spec: TensorSpec, sizes: dict[str, int], ranges: dict[str, tup
     return tuple(shape)
 
 
-def profile_shapes(manifest: Manifest, graph: str) -> dict[str, ProfileRange]:
-    """Every input of ``graph``: its min/opt/max shape (static inputs have min == opt == max)."""
-    sizes, ranges = manifest.named_sizes(), dynamic_ranges(manifest, graph)
+def profile_shapes(manifest: Manifest, graph: str, serving: str | None = None) -> dict[str, ProfileRange]:
+    """Every input of ``graph``: its min/opt/max shape (static inputs have min == opt == max), at the ranges of
+    the graph it is serving (itself by default; ``serving="decode"`` on the prefill graph: one static query row)."""
+    sizes, ranges = manifest.named_sizes(), dynamic_ranges(manifest, serving or graph)
     return {
         spec.name: ProfileRange(*(resolve_shape(spec, sizes, ranges, pick) for pick in range(3)))
         for spec in manifest.graphs[graph].inputs
     }
 
 
-def max_output_shapes(manifest: Manifest, graph: str) -> dict[str, tuple[int, ...]]:
-    sizes, ranges = manifest.named_sizes(), dynamic_ranges(manifest, graph)
+def max_output_shapes(manifest: Manifest, graph: str, serving: str | None = None) -> dict[str, tuple[int, ...]]:
+    sizes, ranges = manifest.named_sizes(), dynamic_ranges(manifest, serving or graph)
     return {spec.name: resolve_shape(spec, sizes, ranges, 2) for spec in manifest.graphs[graph].outputs}

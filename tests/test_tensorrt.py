@@ -53,7 +53,31 @@ def cache_specs(layers: int, dtype: str, past: bool):
     return [tensor(n.format(i), r, dtype, shape, i) for i in range(layers) for r, n in zip(roles, names)]
 
 
+# weights.bin of the synthetic artifacts: one matrix both base graphs and the coprocessor read (stored once, as
+# export stores identical tensors) and one only the coprocessor reads; weights.json names them per graph.
+SHARED_MATRIX, COPROCESSOR_MATRIX = np.arange(8, dtype=np.float32).reshape(2, 4), np.full((4, 2), 0.5, np.float32)
+
+
+def write_weights(directory: Path) -> None:
+    def entry(name, offset, array):
+        return {"name": name, "offset": offset, "length": array.nbytes, "data_type": 1, "dims": list(array.shape),
+                "shared": True}
+
+    shared = [entry("base.w", 0, SHARED_MATRIX)]
+    graphs = {"prefill": shared, "decode": shared, "coprocessor": [
+        entry("cop.base.w", 0, SHARED_MATRIX), entry("cop.own", 64, COPROCESSOR_MATRIX),
+        {**entry("cop.norm", 128, np.ones(4, np.float32)), "dims": [4]}]}  # a vector: stays a constant
+    (directory / "weights.json").write_text(json.dumps({"alignment": 64, "file": "weights.bin", "graphs": graphs}))
+    data = bytearray(144)
+    data[0:32], data[64:96], data[128:144] = SHARED_MATRIX.tobytes(), COPROCESSOR_MATRIX.tobytes(), bytes(16)
+    (directory / "weights.bin").write_bytes(bytes(data))
+
+
 def synthetic_manifest(directory: Path, layers=2, max_seq=16, batch=1, coprocessor=True, kv_update="inplace"):
+    from latentcache.contract.files import sha256_of
+
+    directory.mkdir(parents=True, exist_ok=True)
+    write_weights(directory)
     dt = "float32"
     common = [tensor("input_ids", "input_ids", "int64", ("batch", "query")),
               tensor("position_ids", "position_ids", "int64", ("batch", "query")),
@@ -78,9 +102,9 @@ def synthetic_manifest(directory: Path, layers=2, max_seq=16, batch=1, coprocess
         graphs=graphs, kv=contract.KVSpec(layers, 2, 4, max_seq, batch, dt), model={}, dtype=dt, kv_update=kv_update,
         hidden_size=8, vocab_size=11, num_latents=N_LATENTS if coprocessor else 0, latent_positions="",
         special_tokens={}, tokenizer_files=(), chat_template=None, opset=24, tool_versions={},
-        augmentation="paper" if coprocessor else "",
+        augmentation="paper" if coprocessor else "", weight_index="weights.json",
+        files={name: sha256_of(directory / name) for name in ("weights.bin", "weights.json")},
     )
-    directory.mkdir(parents=True, exist_ok=True)
     (directory / contract.MANIFEST_FILE).write_text(manifest.to_json())
     return contract.load_manifest(directory)
 
@@ -162,14 +186,24 @@ class FakeContext:
     """Runs the fake model: writes input ids into key rows and positions into value rows at write_index+i;
     logits report the mask sum, the attended span the engine saw and the sum of layer 0's past keys."""
 
-    def __init__(self, engine):
-        self.engine, self.addresses, self.shapes = engine, {}, {}
+    def __init__(self, engine, strategy=None):
+        self.engine, self.addresses, self.shapes, self.profile, self.strategy = engine, {}, {}, 0, strategy
 
     def set_tensor_address(self, name, pointer):
         self.addresses[name] = pointer
         return True
 
+    def set_optimization_profile_async(self, index, stream):
+        assert not self.shapes, "TensorRT wants the profile chosen before any input shape is set"
+        if not 0 <= index < self.engine.num_optimization_profiles:
+            return False
+        self.profile = index
+        return True
+
     def set_input_shape(self, name, shape):
+        served = self.engine.serves[self.profile]
+        bounds = profile_shapes(self.engine.manifest, self.engine.graph, served)[name]
+        assert all(lo <= size <= hi for size, lo, hi in zip(shape, bounds.min, bounds.max)), (name, shape, served)
         self.shapes[name] = tuple(shape)
         return True
 
@@ -194,15 +228,16 @@ class FakeContext:
 
 
 class FakeEngine:
-    def __init__(self, graph, manifest, alias, cuda):
-        self.graph, self.manifest, self.alias, self.cuda = graph, manifest, alias, cuda
+    def __init__(self, graph, manifest, alias, cuda, serves, bound):
+        self.graph, self.manifest, self.alias, self.cuda, self.serves = graph, manifest, alias, cuda, serves
         self.spec = manifest.graphs[graph]
         self.contexts = []
-        self.static = graph == "decode"
+        self.num_optimization_profiles = len(serves)
+        self.bound = [tensor(name, "weight", "float32", (2, 4) if name.endswith("w") else (4, 2)) for name in bound]
 
     @property
     def tensors(self):
-        return [*self.spec.inputs, *self.spec.outputs]
+        return [*self.spec.inputs, *self.bound, *self.spec.outputs]
 
     @property
     def num_io_tensors(self):
@@ -212,7 +247,7 @@ class FakeEngine:
         return self.tensors[index].name
 
     def get_tensor_mode(self, name):
-        inputs = {s.name for s in self.spec.inputs}
+        inputs = {s.name for s in (*self.spec.inputs, *self.bound)}
         return FakeTRT.TensorIOMode.INPUT if name in inputs else FakeTRT.TensorIOMode.OUTPUT
 
     def get_tensor_dtype(self, name):
@@ -229,8 +264,8 @@ class FakeEngine:
             return None
         return name.replace("present.", "past_key_values.")
 
-    def create_execution_context(self, *args):
-        context = FakeContext(self)
+    def create_execution_context(self, strategy=None):
+        context = FakeContext(self, strategy)
         self.contexts.append(context)
         return context
 
@@ -247,6 +282,7 @@ class FakeEngine:
             latents[...] = mask.sum() + past_sum
             return
         ids = cuda.array(addresses["input_ids"], np.int64, (batch, rows))
+        latent_rows = cuda.array(addresses["embeds_mask"], np.int64, (batch, rows)).sum() if "embeds_mask" in shapes else 0
         positions = cuda.array(addresses["position_ids"], np.int64, (batch, rows))
         index = cuda.array(addresses["write_index"], np.int64, (batch,))
         for layer, (key, value) in enumerate(self.spec.cache_pairs(past=True)):
@@ -262,7 +298,9 @@ class FakeEngine:
                     present[b, :, index[b] : index[b] + rows, :] = new_rows[b, :, None]
         logits = cuda.array(addresses["logits"], np.float32, (batch, m.vocab_size))
         logits[...] = 0
-        logits[:, 0], logits[:, 1], logits[:, 2] = mask.sum(1), attend, past_sum
+        logits[:, 0], logits[:, 1], logits[:, 2], logits[:, 3] = mask.sum(1), attend, past_sum, latent_rows
+        if "base.w" in addresses:  # a bound weight: what lies at its address now
+            logits[:, 4] = cuda.array(addresses["base.w"], np.float32, SHARED_MATRIX.shape).sum()
 
 
 class FakeTRT:
@@ -272,6 +310,9 @@ class FakeTRT:
 
     class TensorIOMode:
         INPUT, OUTPUT = "input", "output"
+
+    class ExecutionContextAllocationStrategy:
+        STATIC, ON_PROFILE_CHANGE = "static", "on profile change"
 
     class ILogger:
         class Severity:
@@ -289,22 +330,28 @@ class FakeTRT:
                 pass
 
             def deserialize_cuda_engine(self, data):
-                graph = bytes(data).decode().split(":")[1]
-                trt.engines[graph] = FakeEngine(graph, trt.manifest, trt.alias, trt.cuda)
+                _, graph, serves, bound = bytes(data).decode().split(":")
+                trt.engines[graph] = FakeEngine(graph, trt.manifest, trt.alias, trt.cuda, tuple(serves.split("+")),
+                                                [name for name in bound.split(",") if name])
                 return trt.engines[graph]
 
         self.Runtime = Runtime
 
 
 def write_fake_engines(directory: Path, manifest, flavour="tensorrt", version=FakeTRT.__version__, targets=("8.6",),
-                       recorded_flavour=None):
+                       recorded_flavour=None, separate_decode=False, share_weights=False):
+    """The engines ``latentcache build`` would write (``engine_plan``); each fake engine's bytes name its graph and
+    the graphs its profiles serve."""
     from latentcache.contract.files import sha256_of
 
-    for graph in manifest.graphs:
-        data = f"fake:{graph}".encode()
+    for graph, serves in trt_support.engine_plan(manifest, separate_decode).items():
+        bound = tuple(e["name"] for e in trt_support.bound_weight_entries(directory, manifest, graph)) \
+            if share_weights else ()
+        data = f"fake:{graph}:{'+'.join(serves)}:{','.join(bound)}".encode()
         trt_support.engine_path(directory, flavour, graph).parent.mkdir(parents=True, exist_ok=True)
         trt_support.engine_path(directory, flavour, graph).write_bytes(data)
-        meta = EngineMetadata(graph=graph, flavour=recorded_flavour or flavour, version=version,
+        meta = EngineMetadata(graph=graph, serves=serves, bound_weights=bound, flavour=recorded_flavour or flavour,
+                              version=version,
                               compute_capability=targets[0], targets=tuple(targets),
                               manifest_sha256=sha256_of(directory / contract.MANIFEST_FILE), graph_file=f"{graph}.onnx",
                               graph_sha256="0" * 64, profiles={}, engine_bytes=len(data), engine_sha256="0" * 64,
@@ -314,7 +361,8 @@ def write_fake_engines(directory: Path, manifest, flavour="tensorrt", version=Fa
 
 @pytest.fixture
 def fake_backend(tmp_path, monkeypatch):
-    """``make(alias=True, flavour="tensorrt", device_cc="8.6", **metadata) -> (backend, cuda, fake_trt)``."""
+    """``make(alias=True, flavour="tensorrt", device_cc="8.6", separate_decode=False, **metadata) -> (backend, cuda,
+    fake_trt)``."""
 
     def make(alias=True, flavour="tensorrt", device_cc="8.6", **meta):
         manifest = synthetic_manifest(tmp_path / "art")
@@ -344,12 +392,14 @@ def decode_feeds(token: int, slot: int, batch: int = 1):
 # --- the backend against the fakes ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("separate_decode", [False, True], ids=["decode-on-prefill-engine", "decode-engine"])
 @pytest.mark.parametrize("alias", [True, False], ids=["in-place", "ping-pong"])
-def test_backend_prefill_decode_coprocess(fake_backend, alias):
-    backend, cuda, fake = fake_backend(alias=alias)
+def test_backend_prefill_decode_coprocess(fake_backend, alias, separate_decode):
+    backend, cuda, fake = fake_backend(alias=alias, separate_decode=separate_decode)
     assert backend.cache.slots == (1 if alias else 2)
+    assert sorted(fake.engines) == sorted(["prefill", "coprocessor"] + (["decode"] if separate_decode else []))
     out = backend.run("prefill", prefill_feeds([5, 6, 7]))
-    assert out["logits"][0, :3].tolist() == [3, 3, 0]  # mask sum, attended span (dynamic), empty past
+    assert out["logits"][0, :4].tolist() == [3, 3, 0, 0]  # mask sum, attended span (dynamic), empty past, no latents
     keys, values = backend.read_cache(1)
     assert keys[0, :, :3, 0].tolist() == [[5, 6, 7]] * 2 and values[0, 0, :3, 0].tolist() == [0, 1, 2]
     assert not keys[0, :, 3:].any()
@@ -359,13 +409,20 @@ def test_backend_prefill_decode_coprocess(fake_backend, alias):
         logits = backend.run("decode", decode_feeds(token, slot))["logits"]
         assert logits[0, 0] == slot + 1  # the live span, zero padded ...
         assert logits[0, 1] == backend.manifest.kv.max_seq  # ... to the whole capacity: static shapes
+        assert logits[0, 3] == 0  # on the prefill engine: no row is a latent
         sums.append(logits[0, 2])
     assert sums == [18 * 8, 26 * 8, 35 * 8, 45 * 8]  # each step read the cache the previous wrote (2 heads x 4)
     keys, _ = backend.read_cache(0)
     assert keys[0, 0, :7, 0].tolist() == [5, 6, 7, 8, 9, 10, 11]
     # One eager warm-up per decode context, then one capture each; later steps replay the graph.
-    contexts = len(fake.engines["decode"].contexts)
+    decoding = [c for c in fake.engines["decode" if separate_decode else "prefill"].contexts if c.profile == (
+        0 if separate_decode else 1)]
+    contexts = len(decoding)
     assert contexts == (1 if alias else 2) and cuda.captures == contexts and cuda.launches == 4 - contexts
+    if not separate_decode:  # decode's contexts hold scratch for its own profile, not for a whole prompt
+        assert all(c.strategy == FakeTRT.ExecutionContextAllocationStrategy.ON_PROFILE_CHANGE for c in decoding)
+        assert len(fake.engines["prefill"].contexts) == 1 + contexts
+        assert "decode on the prefill engine" in backend.describe()
     latents = backend.run("coprocessor", {"position_ids": np.arange(7, 10)[None], "attention_mask": np.ones((1, 7))})
     assert latents["latents"].shape == (1, N_LATENTS, 8) and np.all(latents["latents"] == 7 + 56 * 8)
     backend.reset()
@@ -419,16 +476,54 @@ def test_backend_refuses_mismatched_engines(fake_backend, meta, message):
 def test_backend_refuses_engines_of_other_artifacts(fake_backend, tmp_path):
     backend, _, _ = fake_backend()
     backend.close()
-    decode = trt_support.engine_path(tmp_path / "art", "tensorrt", "decode")
-    decode.rename(decode.with_suffix(".moved"))
-    with pytest.raises(EngineMismatch, match="decode.engine is missing: run `latentcache build"):
+    coprocessor = trt_support.engine_path(tmp_path / "art", "tensorrt", "coprocessor")
+    coprocessor.rename(coprocessor.with_suffix(".moved"))
+    with pytest.raises(EngineMismatch, match="coprocessor.engine is missing: run `latentcache build"):
         TensorRTBackend(tmp_path / "art", contract.load_manifest(tmp_path / "art"), flavour="tensorrt")
-    decode.with_suffix(".moved").rename(decode)
+    coprocessor.with_suffix(".moved").rename(coprocessor)
     manifest = tmp_path / "art" / contract.MANIFEST_FILE
     # Other artifacts (as a re-export would write them, integrity field included), not an edited manifest.
     manifest.write_text(resealed(manifest.read_text().replace('"vocab_size": 11', '"vocab_size": 12')))
     with pytest.raises(EngineMismatch, match="built from other artifacts .*latentcache build"):
         TensorRTBackend(tmp_path / "art", contract.load_manifest(tmp_path / "art"), flavour="tensorrt")
+
+
+def test_shared_weights_are_on_the_gpu_once_for_every_engine(fake_backend):
+    """``--share-weights`` engines take the weight matrices as inputs: the backend uploads each distinct tensor of
+    weights.bin once and binds it to every context of every engine (prefill on both profiles, the coprocessor)."""
+    backend, cuda, fake = fake_backend(share_weights=True)
+    assert [t.name for t in fake.engines["prefill"].bound] == ["base.w"]
+    assert [t.name for t in fake.engines["coprocessor"].bound] == ["cop.base.w", "cop.own"]  # cop.norm: a vector
+    assert len(backend.weights.pointers) == 2 and backend.weights.nbytes == SHARED_MATRIX.nbytes * 2
+    pointer = backend.weights.pointers[0]
+    contexts = fake.engines["prefill"].contexts + fake.engines["coprocessor"].contexts
+    assert len(contexts) == 3 and {c.addresses["base.w" if c.engine.graph == "prefill" else "cop.base.w"]
+                                   for c in contexts} == {pointer}
+    assert np.array_equal(cuda.array(pointer, np.float32, (2, 4)), SHARED_MATRIX)
+    assert backend.run("prefill", prefill_feeds([5, 6]))["logits"][0, 4] == SHARED_MATRIX.sum()
+    assert backend.run("decode", decode_feeds(7, 2))["logits"][0, 4] == SHARED_MATRIX.sum()
+    assert "2 weight tensors (0.0 MiB) on the GPU once for every engine" in backend.describe()
+    backend.close()
+    assert pointer not in cuda.memory
+
+
+def test_engines_must_serve_what_their_metadata_says(fake_backend, tmp_path):
+    """A prefill engine whose metadata does not list decode (built with --separate-decode) needs decode's own
+    engine; metadata naming a graph the artifacts lack, or more profiles than the engine has, is refused."""
+    backend, _, _ = fake_backend(separate_decode=True)
+    backend.close()
+    art, manifest = tmp_path / "art", contract.load_manifest(tmp_path / "art")
+    trt_support.engine_path(art, "tensorrt", "decode").unlink()
+    with pytest.raises(EngineMismatch, match="decode.engine is missing: run `latentcache build"):
+        TensorRTBackend(art, manifest, flavour="tensorrt")
+    meta_file = trt_support.metadata_path(art, "tensorrt", "prefill")
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "serves": ["prefill", "verify"]}))
+    with pytest.raises(EngineMismatch, match="it serves prefill, verify, not prefill first among .*latentcache build"):
+        TensorRTBackend(art, manifest, flavour="tensorrt")
+    meta_file.write_text(json.dumps({**meta, "serves": ["prefill", "decode"]}))  # the engine has one profile
+    with pytest.raises(EngineMismatch, match="has 1 optimization profiles, its metadata 2: rebuild"):
+        TensorRTBackend(art, manifest, flavour="tensorrt")
 
 
 def test_backend_unavailable_lets_auto_fall_back(fake_backend, tmp_path):
@@ -455,7 +550,7 @@ def test_metadata_problems_and_compute_capabilities():
     assert compute_capability_ok("12.1", ("8.0", "8.6", "8.9", "12.0+"))
     assert not compute_capability_ok("9.0", ("8.0", "8.6", "8.9", "12.0+"))  # Hopper: RTX refuses it
     assert not compute_capability_ok("8.7", ("8.6",))  # a TensorRT engine runs on its build GPU only
-    meta = EngineMetadata(graph="decode", flavour="tensorrt_rtx", version="1.7.1.116",
+    meta = EngineMetadata(graph="decode", serves=("decode",), flavour="tensorrt_rtx", version="1.7.1.116",
                           compute_capability="ahead-of-time/CPU", targets=("8.6", "12.0+"), manifest_sha256="a",
                           graph_file="decode.onnx", graph_sha256="b", profiles={}, engine_bytes=1,
                           engine_sha256="c", build_seconds=0.1)
@@ -568,28 +663,36 @@ def exported(tmp_path_factory):
     return export
 
 
-def check_build(artifacts: Path) -> list[Path]:
+def check_build(artifacts: Path, separate_decode: bool = False) -> list[Path]:
     from latentcache.export.tensorrt_build import build_engines
 
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
     lines = []
-    paths = build_engines(artifacts, "tensorrt_rtx", progress=lines.append)
+    paths = build_engines(artifacts, "tensorrt_rtx", progress=lines.append, separate_decode=separate_decode)
     manifest = contract.load_manifest(artifacts)
-    assert sorted(p.stem for p in paths) == sorted(manifest.graphs) == ["coprocessor", "decode", "prefill"]
+    assert sorted(manifest.graphs) == ["coprocessor", "decode", "prefill"]
+    assert sorted(p.stem for p in paths) == sorted(["coprocessor", "prefill"] + (["decode"] if separate_decode else []))
     # One header, then per engine a line before building it (minutes on a big graph) and one after.
     assert len(lines) == 1 + 2 * len(paths)
     assert [line.split()[1] for line in lines[1::2]] == [p.stem for p in paths]
     assert all(line.startswith("building ") and line.endswith(" ...") for line in lines[1::2])
+    served = []
     for path in paths:
         meta = EngineMetadata.read(path.with_suffix(".json"))
         assert path.stat().st_size == meta.engine_bytes > 0
         assert (meta.flavour, meta.version, meta.compute_capability) == ("tensorrt_rtx", trt.__version__,
                                                                          "ahead-of-time/CPU")
-        assert meta.graph_sha256 == manifest.files[meta.graph_file]
-        assert meta.profiles["attention_mask"]["max"] == [1, 64]
-        assert meta.profiles["attention_mask"]["min"] == ([1, 64] if meta.graph == "decode" else [1, 1])
-        print(f"{artifacts.parent.name}/{artifacts.name} {meta.graph}: {meta.build_seconds:.2f} s, "
-              f"{meta.engine_bytes / 2**20:.1f} MiB")
+        assert meta.graph_sha256 == manifest.files[meta.graph_file] and meta.serves[0] == meta.graph
+        assert sorted(meta.profiles) == sorted(meta.serves)  # (the JSON sorts keys: the order is `serves`)
+        for graph, ranges in meta.profiles.items():
+            assert ranges["attention_mask"]["max"] == [1, 64]
+            assert ranges["attention_mask"]["min"] == ([1, 64] if graph == "decode" else [1, 1])
+            if graph == "decode":  # one static query row, on the prefill graph's inputs too
+                assert all(ranges[name]["min"] == ranges[name]["max"] for name in ranges)
+        served += meta.serves
+        print(f"{artifacts.parent.name}/{artifacts.name} {meta.graph} (serving {', '.join(meta.serves)}): "
+              f"{meta.build_seconds:.2f} s, {meta.engine_bytes / 2**20:.1f} MiB")
+    assert sorted(served) == sorted(manifest.graphs)  # every graph runs on exactly one engine's profile
     assert not list(paths[0].parent.glob(".*"))  # no temporary files left behind
     return paths
 
@@ -600,7 +703,10 @@ def test_tiny_model_builds_with_tensorrt_rtx(exported, kv_update):
     from latentcache.tensorrt_support import make_logger, network_flags
 
     artifacts = exported(FAST_ARCH, kv_update)
-    check_build(artifacts)
+    check_build(artifacts, separate_decode=True)
+    check_build(artifacts)  # the default again: decode on the prefill engine, the separate one removed
+    assert not trt_support.engine_path(artifacts, "tensorrt_rtx", "decode").exists()
+    assert not trt_support.metadata_path(artifacts, "tensorrt_rtx", "decode").exists()
     # The in-place lowering becomes TensorRT's KVCacheUpdate layer (one per key and value per layer), whose
     # output aliases the cache input; the portable one has none, so the runtime ping-pongs two buffers.
     logger = make_logger(trt)
@@ -608,6 +714,27 @@ def test_tiny_model_builds_with_tensorrt_rtx(exported, kv_update):
     assert trt.OnnxParser(network, logger).parse_from_file(str(artifacts / "decode.onnx"))
     updates = sum(network.get_layer(i).type == trt.LayerType.KV_CACHE_UPDATE for i in range(network.num_layers))
     assert updates == (2 * contract.load_manifest(artifacts).kv.num_layers if kv_update == "inplace" else 0)
+
+
+def test_shared_weight_engines_build_with_tensorrt_rtx(exported):
+    """``--share-weights``: every float matrix in weights.bin becomes an engine input (bound at run time to one device
+    copy), so the engines hold none of them; the parse reads a hidden copy of the graph, removed afterwards."""
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install tensorrt-rtx-cu13")
+    from latentcache.export.tensorrt_build import build_engines
+
+    artifacts = exported(FAST_ARCH, "inplace")
+    manifest = contract.load_manifest(artifacts)
+    holding = {p.stem: p.stat().st_size for p in check_build(artifacts)}
+    paths = build_engines(artifacts, "tensorrt_rtx", progress=lambda _: None, share_weights=True)
+    index = json.loads((artifacts / "weights.json").read_text())["graphs"]
+    for path in paths:
+        meta = EngineMetadata.read(path.with_suffix(".json"))
+        matrices = [e for e in index[meta.graph] if len(e["dims"]) == 2]
+        assert set(meta.bound_weights) == {e["name"] for e in matrices} and matrices
+        held = sum(e["length"] for e in matrices)
+        assert meta.engine_bytes < holding[meta.graph] - 0.5 * held, meta.graph  # (SmolLM2: 14 MiB of 682, docs)
+    assert not [p for p in artifacts.iterdir() if p.name.startswith(".") and p.suffix == ".onnx"]
+    assert contract.load_manifest(artifacts) == manifest  # the artifacts themselves are untouched
 
 
 @pytest.mark.parametrize("arch, dtype", [(FAST_ARCH, "fp32"), ("gemma2", "fp32"),
@@ -692,7 +819,7 @@ def test_timing_cache_and_workspace_options(exported, tmp_path):
     serialized, profiles = build_graph(trt, trt.Builder(logger), logger, manifest, "decode", artifacts / "decode.onnx",
                                        0.25, timing)
     timing.save()
-    assert serialized.nbytes > 0 and profiles["attention_mask"].static and (tmp_path / "t.cache").is_file()
+    assert serialized.nbytes > 0 and profiles["decode"]["attention_mask"].static and (tmp_path / "t.cache").is_file()
 
 
 def test_parser_errors_are_one_line(tmp_path):
@@ -746,8 +873,17 @@ def test_smollm2_builds_with_tensorrt_rtx(request):
     done = subprocess.run([sys.executable, "-c", script, str(artifacts)], check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     peak = int(done.stdout.split()[-1]) / 2**10  # ru_maxrss is in KiB on Linux
-    for graph in ("prefill", "decode"):
-        meta = EngineMetadata.read(trt_support.metadata_path(artifacts, "tensorrt_rtx", graph))
-        print(f"SmolLM2 fp16 {graph}: build {meta.build_seconds:.1f} s, engine {meta.engine_bytes / 2**20:.1f} MiB")
+    meta = EngineMetadata.read(trt_support.metadata_path(artifacts, "tensorrt_rtx", "prefill"))
+    print(f"SmolLM2 fp16 prefill (serving {', '.join(meta.serves)}): build {meta.build_seconds:.1f} s, engine "
+          f"{meta.engine_bytes / 2**20:.1f} MiB")
+    assert meta.serves == ("prefill", "decode")
+    # --share-weights: the engines hold none of the base's matrices (measured: 8.3 MiB for prefill + decode,
+    # against 466 MiB holding them; docs/results/trt15/tensorrt_engines_smollm2_fp16.json)
+    from latentcache.export.tensorrt_build import build_engines
+
+    paths = build_engines(artifacts, "tensorrt_rtx", progress=lambda _: None, share_weights=True)
+    bound = sum(p.stat().st_size for p in paths)
+    print(f"SmolLM2 fp16 with --share-weights: engines {bound / 2**20:.1f} MiB")
+    assert bound < 0.1 * (artifacts / "weights.bin").stat().st_size
     print(f"SmolLM2 fp16: whole build {seconds:.1f} s, peak RSS of the build process {peak:.0f} MiB")
     assert json.loads((artifacts / contract.MANIFEST_FILE).read_text())["dtype"] == "float16"

@@ -13,14 +13,16 @@ everything is imported lazily, and nothing here imports torch.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from latentcache.arrays import HOST_DTYPES, from_host, to_host
 from latentcache.contract import manifest as contract
+from latentcache.contract.dtypes import ONNX_ELEMENT_TYPES
 from latentcache.contract.files import sha256_of, write_atomically
-from latentcache.contract.manifest import GraphSpec, Manifest, TensorSpec
+from latentcache.contract.manifest import GRAPHS, GraphSpec, Manifest, TensorSpec
 from latentcache.cuda import CudaRuntime
 from latentcache.errors import BackendUnavailable, LatentcacheError
 from latentcache.runtime.backend import Backend
@@ -46,8 +48,12 @@ from latentcache.tensorrt_support import (
 
 
 class GraphRunner:
-    """One engine: staging buffers for the non-cache I/O (allocated once at the profile's max shapes), its
-    execution context(s) bound once, and ``run``.
+    """One graph on one engine's optimization profile: staging buffers for the non-cache I/O (allocated once at
+    the profile's max shapes), its execution context(s) bound once, and ``run``.
+
+    ``name`` is the graph it runs; ``engine_graph`` the graph the engine was built from, whose tensors it binds,
+    at profile ``profile``. Decode runs on the prefill engine's second profile by default (``engine_plan``): the
+    prefill inputs decode has no use for (the embedding rows that absorb latents) are zeroed once and left bound.
 
     Decode has static shapes and is CUDA-graphed: TensorRT-RTX through its built-in capture
     (``IRuntimeConfig.cuda_graph_strategy = WHOLE_GRAPH_CAPTURE``, RTX >= 1.2 "Working with RTX CUDA
@@ -61,20 +67,36 @@ class GraphRunner:
     next graph's reads.
     """
 
-    def __init__(self, name: str, spec: GraphSpec, engine, trt, flavour: str, cuda, cache: DeviceCache,
-                 manifest: Manifest, runtime_cache=None) -> None:
-        self.name, self.spec, self.engine, self.trt, self.flavour = name, spec, engine, trt, flavour
+    def __init__(self, name: str, engine_graph: str, engine, profile: int, trt, flavour: str, cuda,
+                 cache: DeviceCache, manifest: Manifest, runtime_cache=None, bound: dict | None = None) -> None:
+        """``bound``: the weight inputs of a ``--share-weights`` engine, ``name -> (pointer, dtype, dims)``
+        (``BoundWeights``), set once on every context."""
+        self.name, self.engine, self.profile, self.trt, self.flavour = name, engine, profile, trt, flavour
         self.cuda, self.cache, self.runtime_cache = cuda, cache, runtime_cache
+        self.spec = spec = manifest.graphs[engine_graph]
         self.stream = cuda.new_stream()
-        check_engine_io(engine, spec, trt, name)
+        bound = bound or {}
+        check_engine_io(engine, spec, trt, engine_graph, {n: dtype for n, (_, dtype, _) in bound.items()})
         self.inplace = engine_updates_in_place(engine, spec)
         self.graphed = name == "decode"
-        self.profiles = profile_shapes(manifest, name)
-        self.feeds = {s.role: s for s in spec.inputs if s.layer is None}
+        self.profiles = profile_shapes(manifest, engine_graph, name)
+        plain = [s for s in spec.inputs if s.layer is None]
+        wanted = {s.role for s in manifest.graphs[name].inputs if s.layer is None}
+        if not wanted <= {s.role for s in plain}:
+            raise EngineMismatch(f"the {engine_graph} engine cannot run {name}: it lacks the inputs "
+                                 f"{sorted(wanted - {s.role for s in plain})}: rebuild with `latentcache build "
+                                 "--separate-decode`")
+        self.feeds = {s.role: s for s in plain if s.role in wanted}
+        self.idle = [s for s in plain if s.role not in wanted]
+        if any(not self.profiles[s.name].static for s in self.idle):
+            raise EngineMismatch(f"{name} on the {engine_graph} engine leaves inputs unset whose shapes vary: "
+                                 "rebuild with `latentcache build --separate-decode`")
         self.results = {s.role: s for s in spec.outputs if s.layer is None}
-        capacity = {**{n: r.max for n, r in self.profiles.items()}, **max_output_shapes(manifest, name)}
-        self.buffers = {s.name: cuda.malloc(int(np.prod(capacity[s.name])) * np.dtype(HOST_DTYPES[s.dtype]).itemsize)
-                        for s in (*self.feeds.values(), *self.results.values())}
+        capacity = {**{n: r.max for n, r in self.profiles.items()},
+                    **max_output_shapes(manifest, engine_graph, name)}
+        self.buffers = {s.name: cuda.malloc(nbytes(capacity[s.name], s.dtype)) for s in (*plain, *self.results.values())}
+        for s in self.idle:  # zeros: every row is a token's own embedding, none a latent
+            cuda.zero(self.buffers[s.name], nbytes(capacity[s.name], s.dtype), self.stream)
         self.cache_names = cache_bindings(spec)
         # One context per cache slot it reads when CUDA-graphed (addresses fixed per context), else one.
         slots = cache.slots if (self.graphed and not self.inplace and spec.cache_pairs(past=True)) else 1
@@ -84,23 +106,38 @@ class GraphRunner:
         for context in self.contexts:
             for tensor_name, pointer in self.buffers.items():
                 context.set_tensor_address(tensor_name, pointer)
+            for tensor_name, (pointer, _, _) in bound.items():  # read-only, so one copy serves every context
+                context.set_tensor_address(tensor_name, pointer)
             if self.graphed:  # static shapes: set once (the engine's -1 dims have min == max)
-                for spec_ in self.feeds.values():
+                for spec_ in plain:
                     context.set_input_shape(spec_.name, self.profiles[spec_.name].max)
+        cuda.synchronize(self.stream)  # the zeros and profile switches are in place before any run
 
     def _context(self):
         trt = self.trt
+        # A context holds scratch memory for the largest of the engine's profiles unless told to size it for the
+        # profile it selects: a decode context on the prefill engine would otherwise hold a whole prompt's.
+        strategy = getattr(getattr(trt, "ExecutionContextAllocationStrategy", None), "ON_PROFILE_CHANGE", None) \
+            if self.profile else None
         if self.flavour == "tensorrt_rtx" and hasattr(self.engine, "create_runtime_config"):
             config = self.engine.create_runtime_config()
             if self.runtime_cache is not None:
                 config.set_runtime_cache(self.runtime_cache)
             if self.graphed and hasattr(trt, "CudaGraphStrategy"):
                 config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            if strategy is not None:
+                config.set_execution_context_allocation_strategy(strategy)
             context = self.engine.create_execution_context(config)
+        elif strategy is not None:
+            context = self.engine.create_execution_context(strategy)
         else:
             context = self.engine.create_execution_context()
         if context is None:
             raise TensorRTError(f"{self.name}: could not create an execution context (out of GPU memory?)")
+        # Before any input shape is set (IExecutionContext::setOptimizationProfileAsync); a new context is on 0.
+        if self.profile and not context.set_optimization_profile_async(self.profile, int(self.stream)):
+            raise TensorRTError(f"{self.name}: the engine has no optimization profile {self.profile}: rebuild with "
+                                "`latentcache build`")
         return context
 
     def _bind_cache(self, index: int, slot: int) -> None:
@@ -182,6 +219,10 @@ class GraphRunner:
         self.buffers, self.contexts = {}, []
 
 
+def nbytes(shape: tuple[int, ...], dtype: str) -> int:
+    return int(np.prod(shape)) * np.dtype(HOST_DTYPES[dtype]).itemsize
+
+
 def engine_tensors(engine, trt) -> dict[str, tuple[str, str, tuple[int, ...]]]:
     """``name -> ("input"|"output", dtype, shape)`` for every I/O tensor of ``engine``."""
     tensors = {}
@@ -193,12 +234,15 @@ def engine_tensors(engine, trt) -> dict[str, tuple[str, str, tuple[int, ...]]]:
     return tensors
 
 
-def check_engine_io(engine, spec: GraphSpec, trt, graph: str) -> None:
-    """The engine's I/O must be the manifest's (names, direction, dtype, rank); fail closed otherwise."""
+def check_engine_io(engine, spec: GraphSpec, trt, graph: str, bound: dict[str, str] | None = None) -> None:
+    """The engine's I/O must be the manifest's (names, direction, dtype, rank), plus the weight inputs its metadata
+    names (``bound``: name -> dtype); fail closed otherwise."""
     actual = engine_tensors(engine, trt)
     expected = {s.name: ("input", s.dtype, len(s.shape)) for s in spec.inputs}
     expected.update({s.name: ("output", s.dtype, len(s.shape)) for s in spec.outputs})
-    got = {name: (mode, dtype, len(shape)) for name, (mode, dtype, shape) in actual.items()}
+    got = {name: (mode, dtype, len(shape)) for name, (mode, dtype, shape) in actual.items() if name not in (bound or {})}
+    got.update({name: (mode, dtype) for name, (mode, dtype, _) in actual.items() if name in (bound or {})})
+    expected.update({name: ("input", dtype) for name, dtype in (bound or {}).items()})
     if got != expected:
         differ = sorted(n for n in set(got) | set(expected) if got.get(n) != expected.get(n))
         raise EngineMismatch(f"{graph} engine I/O differs from the manifest at {differ[:3]}: rebuild with "
@@ -228,6 +272,55 @@ def cache_bindings(spec: GraphSpec) -> list[tuple[int, tuple[str, str, str | Non
                      getattr(present_values.get(key.layer), "name", None)))
         for key, value in spec.cache_pairs(past=True)
     ]
+
+
+class BoundWeights:
+    """The weight matrices that ``latentcache build --share-weights`` engines take as inputs: one device copy of each
+    distinct tensor of ``weights.bin`` (identical bytes are stored once, at one offset), uploaded once and bound to
+    every context of every engine that reads it, so prefill, decode and an unmerged-LoRA coprocessor hold the base
+    once. Engines built without ``--share-weights`` bind nothing and hold their own weights."""
+
+    def __init__(self, cuda, artifacts: Path, manifest: Manifest) -> None:
+        self.cuda, self.artifacts, self.manifest = cuda, artifacts, manifest
+        self.pointers: dict[int, int] = {}  # offset in weights.bin -> device pointer
+        self.nbytes = 0
+        self.index = self.mapped = None
+
+    def bind(self, graph: str, names: tuple[str, ...]) -> dict[str, tuple[int, str, tuple[int, ...]]]:
+        """``name -> (pointer, dtype, dims)`` for the weight inputs ``names`` of ``graph``'s engine."""
+        if not names:
+            return {}
+        if self.index is None:
+            if not self.manifest.weight_index:
+                raise EngineMismatch(f"{self.artifacts}: the engines take weights as inputs but the artifacts have no "
+                                     "weights.json: re-export, then rebuild with `latentcache build`")
+            self.index = json.loads((self.artifacts / self.manifest.weight_index).read_text())
+            self.mapped = np.memmap(self.artifacts / self.index["file"], dtype=np.uint8, mode="r")
+            self.stream = self.cuda.new_stream()
+        entries = {e["name"]: e for e in self.index["graphs"].get(graph, [])}
+        unknown = [name for name in names if name not in entries]
+        if unknown:
+            raise EngineMismatch(f"the {graph} engine takes weights weights.json does not list ({unknown[:2]}): "
+                                 "rebuild with `latentcache build`")
+        bound = {}
+        for name in names:
+            entry = entries[name]
+            if entry["offset"] not in self.pointers:
+                raw = np.ascontiguousarray(self.mapped[entry["offset"]: entry["offset"] + entry["length"]])
+                pointer = self.cuda.malloc(raw.nbytes)
+                self.cuda.upload(pointer, raw, self.stream)
+                self.cuda.synchronize(self.stream)  # before ``raw`` goes
+                self.pointers[entry["offset"]], self.nbytes = pointer, self.nbytes + raw.nbytes
+            bound[name] = (self.pointers[entry["offset"]], ONNX_ELEMENT_TYPES[entry["data_type"]], tuple(entry["dims"]))
+        return bound
+
+    def describe(self) -> str:
+        return f"{len(self.pointers)} weight tensors ({self.nbytes / 2**20:.1f} MiB) on the GPU once for every engine"
+
+    def close(self) -> None:
+        for pointer in self.pointers.values():
+            self.cuda.free(pointer)
+        self.pointers = {}
 
 
 # --- the backend ----------------------------------------------------------------------------------------
@@ -268,18 +361,26 @@ class TensorRTBackend(Backend):
         self.logger = make_logger(self.trt)
         self.runtime = self.trt.Runtime(self.logger)
         manifest_sha = sha256_of(self.artifacts / contract.MANIFEST_FILE)
-        self.engines, self.runtime_caches = {}, {}
-        for graph in manifest.graphs:
-            self.engines[graph] = self._load_engine(graph, manifest_sha)
-        slots = 1 if all(engine_updates_in_place(self.engines[g], manifest.graphs[g]) for g in manifest.graphs) else 2
+        self.engines, self.runtime_caches, self.bound = {}, {}, {}
+        self.weights = BoundWeights(self.cuda, self.artifacts, manifest)
+        self.serving: dict[str, tuple[str, int]] = {}  # graph -> (the engine's graph, its profile index)
+        for graph in [g for g in GRAPHS if g in manifest.graphs]:
+            if graph in self.serving:  # decode, on the prefill engine's second profile
+                continue
+            self.engines[graph], meta = self._load_engine(graph, manifest_sha)
+            self.bound[graph] = self.weights.bind(graph, meta.bound_weights)
+            for index, served in enumerate(meta.serves):
+                self.serving.setdefault(served, (graph, index))
+        slots = 1 if all(engine_updates_in_place(e, manifest.graphs[g]) for g, e in self.engines.items()) else 2
         self.cache = DeviceCache(self.cuda, manifest.kv, slots)
         self.runners = {
-            graph: GraphRunner(graph, manifest.graphs[graph], engine, self.trt, self.flavour, self.cuda, self.cache,
-                               manifest, self.runtime_caches.get(graph))
-            for graph, engine in self.engines.items()
+            graph: GraphRunner(graph, built_from, self.engines[built_from], index, self.trt, self.flavour, self.cuda,
+                               self.cache, manifest, self.runtime_caches.get(built_from), self.bound[built_from])
+            for graph, (built_from, index) in self.serving.items()
         }
 
     def _load_engine(self, graph: str, manifest_sha: str):
+        """``(engine, metadata)`` of ``graph``'s engine, refused unless built for these artifacts and this GPU."""
         path = engine_path(self.artifacts, self.flavour, graph)
         meta_file = metadata_path(self.artifacts, self.flavour, graph)
         if not path.is_file() or not meta_file.is_file():
@@ -291,7 +392,8 @@ class TensorRTBackend(Backend):
             raise BackendUnavailable(f"TensorRT-RTX engines run on compute capability {', '.join(meta.targets)}, "
                                      f"this GPU is {self.cuda.compute_capability}: build with --backend tensorrt")
         check_metadata(meta, path, self.artifacts, graph=graph, flavour=self.flavour, version=self.trt.__version__,
-                       manifest_sha256=manifest_sha, compute_capability=self.cuda.compute_capability)
+                       manifest_sha256=manifest_sha, compute_capability=self.cuda.compute_capability,
+                       graphs=tuple(self.manifest.graphs))
         data = path.read_bytes()
         if len(data) != meta.engine_bytes:
             raise EngineMismatch(f"{path} has {len(data)} bytes, its metadata says {meta.engine_bytes}: rebuild "
@@ -301,9 +403,13 @@ class TensorRTBackend(Backend):
         engine = self.runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise TensorRTError(f"{path}: {self.flavour} could not deserialize it ({self.logger.last()})")
+        if engine.num_optimization_profiles != len(meta.serves):
+            raise EngineMismatch(f"{path} has {engine.num_optimization_profiles} optimization profiles, its metadata "
+                                 f"{len(meta.serves)}: rebuild with `latentcache build {self.artifacts} --backend "
+                                 f"{self.flavour}`")
         if rtx:
             self.runtime_caches[graph] = self._runtime_cache(engine, graph)
-        return engine
+        return engine, meta
 
     def _check_validity(self, path: Path, data: bytes) -> None:
         """TensorRT-RTX's own verdict on the engine for this GPU, driver and version (RTX ``getEngineValidity``)."""
@@ -351,10 +457,15 @@ class TensorRTBackend(Backend):
                     pass
         for runner in self.runners.values():
             runner.close()
+        self.weights.close()
         self.cache.close()
         self.runners, self.engines = {}, {}
         self.cuda.close()
 
     def describe(self) -> str:
-        return (f"{self.flavour} {self.trt.__version__} on compute capability {self.cuda.compute_capability} "
-                f"({'in-place' if self.cache.slots == 1 else 'ping-pong'} kv-cache)")
+        notes = ["in-place kv-cache" if self.cache.slots == 1 else "ping-pong kv-cache"]
+        notes += [f"{graph} on the {built_from} engine"
+                  for graph, (built_from, _) in self.serving.items() if built_from != graph]
+        notes += [self.weights.describe()] if self.weights.pointers else []
+        return f"{self.flavour} {self.trt.__version__} on compute capability {self.cuda.compute_capability} " \
+               f"({'; '.join(notes)})"

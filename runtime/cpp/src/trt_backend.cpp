@@ -1,7 +1,8 @@
 // The TensorRT backend (runtime/backends/tensorrt.py in C++): deserializes the engines `latentcache build`
-// writes (ARTIFACTS/engines/tensorrt/<graph>.engine with <graph>.json metadata beside it), checks each
-// engine's metadata and I/O against the manifest, keeps one kv-cache on the GPU and binds it in place
-// (one slot) or ping-pong (two slots, portable lowering), and CUDA-graphs the static decode step.
+// writes (ARTIFACTS/engines/tensorrt/<graph>.engine with <graph>.json metadata beside it; decode runs on the
+// prefill engine's second optimization profile unless built with --separate-decode), checks each engine's
+// metadata and I/O against the manifest, keeps one kv-cache on the GPU and binds it in place (one slot) or
+// ping-pong (two slots, portable lowering), and CUDA-graphs the static decode step.
 //
 // In place or not: TensorRT imports the `inplace` lowering's TensorScatter as its aliasing
 // IKVCacheUpdateLayer (TensorRT >= 10.15) and the `portable` lowering writes fresh outputs, so the
@@ -102,12 +103,68 @@ struct Range {
     std::vector<int64_t> min, max;
 };
 
+// The weight matrices `latentcache build --share-weights` engines take as inputs (runtime/backends/tensorrt.py
+// BoundWeights): each distinct tensor of weights.bin (one offset) copied to the GPU once and bound to every context
+// of every engine that reads it, so prefill, decode and an unmerged-LoRA coprocessor hold the base once.
+class BoundWeights {
+public:
+    BoundWeights(const std::string& artifacts, const Manifest& manifest) : artifacts_(artifacts), manifest_(manifest) {}
+
+    // name -> device pointer for the weight inputs `names` of `graph`'s engine.
+    std::map<std::string, void*> bind(const std::string& graph, const std::vector<std::string>& names) {
+        std::map<std::string, void*> bound;
+        if (names.empty()) return bound;
+        const std::string fix = ": rebuild with `latentcache build " + artifacts_ + " --backend tensorrt`";
+        if (index_.is_null()) {
+            if (manifest_.weightIndex.empty()) throw Error(artifacts_ + ": the engines take weights as inputs but the "
+                                                           "artifacts have no weights.json: re-export, then rebuild");
+            index_ = nlohmann::json::parse(readFile(artifacts_ + "/" + manifest_.weightIndex));
+            file_.open(artifacts_ + "/" + index_.at("file").get<std::string>(), std::ios::binary | std::ios::ate);
+            if (!file_) throw Error(artifacts_ + ": cannot open weights.bin: re-export the artifacts");
+            size_ = static_cast<int64_t>(file_.tellg());
+        }
+        std::map<std::string, nlohmann::json> entries;
+        for (const auto& entry : index_.at("graphs").value(graph, nlohmann::json::array()))
+            entries[entry.at("name").get<std::string>()] = entry;
+        for (const auto& name : names) {
+            auto found = entries.find(name);
+            if (found == entries.end()) throw Error("the " + graph + " engine takes a weight weights.json does not list (" + name + ")" + fix);
+            const int64_t offset = found->second.at("offset").get<int64_t>(), length = found->second.at("length").get<int64_t>();
+            if (offset < 0 || length < 0 || offset + length > size_)
+                throw Error(name + " lies beyond the end of weights.bin: re-export the artifacts");
+            auto& copy = copies_[offset];
+            if (!copy) {  // one tensor in host memory at a time: a Jetson's DRAM is the GPU's too
+                std::vector<char> host(static_cast<size_t>(length));
+                file_.seekg(offset);
+                if (!file_.read(host.data(), length)) throw Error("cannot read " + name + " from weights.bin");
+                copy = std::make_unique<DeviceBuffer>(host.size());
+                cuda(cudaMemcpy(copy->ptr, host.data(), host.size(), cudaMemcpyHostToDevice), "upload");
+                bytes_ += host.size();
+            }
+            bound[name] = copy->ptr;
+        }
+        return bound;
+    }
+    size_t tensors() const { return copies_.size(); }
+    size_t bytes() const { return bytes_; }
+
+private:
+    std::string artifacts_;
+    const Manifest& manifest_;
+    nlohmann::json index_;
+    std::ifstream file_;
+    int64_t size_ = 0;
+    std::map<int64_t, std::unique_ptr<DeviceBuffer>> copies_;  // offset in weights.bin -> its one device copy
+    size_t bytes_ = 0;
+};
+
 // latentcache/tensorrt_support.py dynamic_ranges: decode static (attend = max_seq, for CUDA graphs),
-// the others [1, max_seq].
-std::map<std::string, Range> profileShapes(const Manifest& manifest, const std::string& graph, bool outputs = false) {
+// the others [1, max_seq]; `serving` is the graph whose ranges apply (decode on the prefill engine's graph).
+std::map<std::string, Range> profileShapes(const Manifest& manifest, const std::string& graph, const std::string& serving,
+                                           bool outputs = false) {
     const int64_t top = manifest.kv.maxSeq;
     auto low = manifest.namedSizes(), high = low;
-    const bool decode = graph == "decode";
+    const bool decode = serving == "decode";
     low["query"] = 1;
     high["query"] = decode ? 1 : top;
     low["attend"] = decode ? top : 1;
@@ -118,10 +175,14 @@ std::map<std::string, Range> profileShapes(const Manifest& manifest, const std::
     return ranges;
 }
 
+using SharedEngine = std::shared_ptr<nvinfer1::ICudaEngine>;  // decode and prefill may run on one engine
+
+// One graph (`name`) on one optimization profile of an engine built from `engineGraph` (runtime/backends/tensorrt.py
+// GraphRunner): decode on the prefill engine's profile 1 leaves the embedding-row inputs zeroed and bound.
 class GraphRunner {
 public:
-    GraphRunner(const std::string& name, const Manifest& manifest, TrtPtr<nvinfer1::ICudaEngine> engine, DeviceCache& cache,
-                bool inplace);
+    GraphRunner(const std::string& name, const std::string& engineGraph, int profile, const Manifest& manifest,
+                SharedEngine engine, DeviceCache& cache, bool inplace, const std::map<std::string, void*>& bound);
     ~GraphRunner();
     const Results& run(const Feeds& feeds);
     void unbind() { std::fill(boundSlot_.begin(), boundSlot_.end(), -1); }
@@ -131,8 +192,9 @@ private:
     void execute(size_t index);
 
     std::string name_;
-    const GraphSpec& spec_;
-    TrtPtr<nvinfer1::ICudaEngine> engine_;
+    const GraphSpec& spec_;  // the engine's graph: its tensors are what the contexts bind
+    SharedEngine engine_;
+    std::vector<const TensorSpec*> feeds_;  // the inputs `name` gives; the engine's others stay zero
     DeviceCache& cache_;
     bool inplace_, graphed_;
     cudaStream_t stream_ = nullptr;
@@ -144,28 +206,47 @@ private:
     Results results_;
 };
 
-GraphRunner::GraphRunner(const std::string& name, const Manifest& manifest, TrtPtr<nvinfer1::ICudaEngine> engine,
-                         DeviceCache& cache, bool inplace)
-    : name_(name), spec_(manifest.graph(name)), engine_(std::move(engine)), cache_(cache),
+GraphRunner::GraphRunner(const std::string& name, const std::string& engineGraph, int profile, const Manifest& manifest,
+                         SharedEngine engine, DeviceCache& cache, bool inplace, const std::map<std::string, void*>& bound)
+    : name_(name), spec_(manifest.graph(engineGraph)), engine_(std::move(engine)), cache_(cache),
       inplace_(inplace || !spec_.writesCache()), graphed_(name == "decode") {
     cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "stream");
-    profiles_ = profileShapes(manifest, name);
-    const auto outputs = profileShapes(manifest, name, true);
-    for (const TensorSpec* t : spec_.plainInputs())
-        buffers_[t->name] = std::make_unique<DeviceBuffer>(bytesOf(t->dtype, profiles_.at(t->name).max));
+    profiles_ = profileShapes(manifest, engineGraph, name);
+    const auto outputs = profileShapes(manifest, engineGraph, name, true);
+    const GraphSpec& served = manifest.graph(name);
+    for (const TensorSpec* t : spec_.plainInputs()) {
+        const size_t bytes = bytesOf(t->dtype, profiles_.at(t->name).max);
+        buffers_[t->name] = std::make_unique<DeviceBuffer>(bytes);
+        if (served.has(t->role)) {
+            feeds_.push_back(t);
+        } else if (profiles_.at(t->name).min == profiles_.at(t->name).max) {  // every row a token's, none a latent
+            cuda(cudaMemsetAsync(buffers_[t->name]->ptr, 0, bytes, stream_), "memset");
+        } else {
+            throw Error(name + " on the " + engineGraph + " engine leaves " + t->role +
+                        " unset: rebuild with `latentcache build --separate-decode`");
+        }
+    }
     for (const TensorSpec* t : spec_.plainOutputs())
         buffers_[t->name] = std::make_unique<DeviceBuffer>(bytesOf(t->dtype, outputs.at(t->name).max));
     // A captured graph bakes in the cache addresses, so a ping-pong cache gets one decode context per slot.
     const size_t count = graphed_ && !inplace_ ? static_cast<size_t>(cache.slots) : 1;
     for (size_t i = 0; i < count; ++i) {
-        TrtPtr<nvinfer1::IExecutionContext> context(engine_->createExecutionContext());
+        // A context on a later profile holds scratch for that profile only, not for the engine's largest.
+        TrtPtr<nvinfer1::IExecutionContext> context(engine_->createExecutionContext(
+            profile ? nvinfer1::ExecutionContextAllocationStrategy::kON_PROFILE_CHANGE
+                    : nvinfer1::ExecutionContextAllocationStrategy::kSTATIC));
         if (!context) throw Error(name + ": could not create an execution context (out of GPU memory?)");
+        if (profile && !context->setOptimizationProfileAsync(profile, stream_))  // before any input shape
+            throw Error(name + ": the engine has no optimization profile " + std::to_string(profile) +
+                        ": rebuild with `latentcache build`");
         for (const auto& [tensor, buffer] : buffers_) context->setTensorAddress(tensor.c_str(), buffer->ptr);
+        for (const auto& [tensor, pointer] : bound) context->setTensorAddress(tensor.c_str(), pointer);  // read-only
         if (graphed_)
             for (const TensorSpec* t : spec_.plainInputs()) context->setInputShape(t->name.c_str(), toDims(profiles_.at(t->name).max));
         contexts_.push_back(std::move(context));
     }
     boundSlot_.assign(count, -1);
+    cuda(cudaStreamSynchronize(stream_), "synchronize");
 }
 
 GraphRunner::~GraphRunner() {
@@ -221,7 +302,7 @@ const Results& GraphRunner::run(const Feeds& feeds) {
     auto& context = *contexts_[index];
     std::vector<HostTensor> held;  // padded copies must live until the stream is synchronized
     held.reserve(feeds.size());
-    for (const TensorSpec* t : spec_.plainInputs()) {
+    for (const TensorSpec* t : feeds_) {
         auto feed = feeds.find(t->role);
         if (feed == feeds.end()) throw Error(name_ + ": input " + t->role + " missing");
         const Range& bounds = profiles_.at(t->name);
@@ -266,6 +347,7 @@ public:
     TensorRTBackend(const std::string& artifacts, const Manifest& manifest);
     ~TensorRTBackend() override {
         runners_.clear();  // contexts and engines before the runtime
+        weights_.reset();
         cache_.reset();
         runtime_.reset();
     }
@@ -275,18 +357,28 @@ public:
         for (auto& [name, runner] : runners_) runner->unbind();
     }
     std::string describe() const override {
-        return "tensorrt " + libraryVersion() + " on compute capability " + capability_ + " (" +
-               (cache_->slots == 1 ? "in-place" : "ping-pong") + " kv-cache)";
+        std::string notes = cache_->slots == 1 ? "in-place kv-cache" : "ping-pong kv-cache";
+        if (runners_.count("decode") && !engineOf_.empty() && engineOf_.at("decode") != "decode") notes += "; decode on the prefill engine";
+        if (weights_ && weights_->tensors())
+            notes += "; " + std::to_string(weights_->tensors()) + " weight tensors (" +
+                     std::to_string(weights_->bytes() >> 20) + " MiB) on the GPU once for every engine";
+        return "tensorrt " + libraryVersion() + " on compute capability " + capability_ + " (" + notes + ")";
     }
 
 private:
-    TrtPtr<nvinfer1::ICudaEngine> loadEngine(const std::string& graph, const std::string& manifestSha);
+    struct Loaded {
+        SharedEngine engine;
+        std::vector<std::string> serves, bound;  // the graphs it serves (profile order), its weight inputs
+    };
+    Loaded loadEngine(const std::string& graph, const std::string& manifestSha);
 
     std::string artifacts_, capability_;
     const Manifest& manifest_;
     Logger logger_;
     TrtPtr<nvinfer1::IRuntime> runtime_;
     std::unique_ptr<DeviceCache> cache_;
+    std::unique_ptr<BoundWeights> weights_;
+    std::map<std::string, std::string> engineOf_;  // graph -> the graph its engine was built from
     std::map<std::string, std::unique_ptr<GraphRunner>> runners_;
 };
 
@@ -316,15 +408,34 @@ TensorRTBackend::TensorRTBackend(const std::string& artifacts, const Manifest& m
     runtime_.reset(nvinfer1::createInferRuntime(logger_));
     if (!runtime_) throw Error("TensorRT could not create a runtime: " + logger_.last());
     const std::string manifestSha = sha256File(artifacts + "/manifest.json");
-    std::map<std::string, TrtPtr<nvinfer1::ICudaEngine>> engines;
-    for (const auto& [graph, spec] : manifest.graphs) engines[graph] = loadEngine(graph, manifestSha);
+    // The prefill engine serves decode as its second profile unless built with --separate-decode
+    // (latentcache/tensorrt_support.py engine_plan); prefill loads first.
+    struct Served {
+        std::string engineGraph;
+        int profile;
+    };
+    std::map<std::string, SharedEngine> engines;
+    std::map<std::string, std::map<std::string, void*>> bound;
+    std::map<std::string, Served> serving;
+    weights_ = std::make_unique<BoundWeights>(artifacts, manifest);
+    for (const char* graph : {"prefill", "decode", "coprocessor"}) {
+        if (!manifest.hasGraph(graph) || serving.count(graph)) continue;
+        Loaded loaded = loadEngine(graph, manifestSha);
+        engines[graph] = loaded.engine;
+        bound[graph] = weights_->bind(graph, loaded.bound);
+        for (size_t i = 0; i < loaded.serves.size(); ++i) serving.emplace(loaded.serves[i], Served{graph, static_cast<int>(i)});
+    }
     const bool inplace = manifest.kvUpdate == "inplace";
     cache_ = std::make_unique<DeviceCache>(manifest.kv, inplace ? 1 : 2);
-    for (auto& [graph, engine] : engines)
-        runners_[graph] = std::make_unique<GraphRunner>(graph, manifest, std::move(engine), *cache_, inplace);
+    for (const auto& [graph, where] : serving) {
+        engineOf_[graph] = where.engineGraph;
+        runners_[graph] = std::make_unique<GraphRunner>(graph, where.engineGraph, where.profile, manifest,
+                                                        engines.at(where.engineGraph), *cache_, inplace,
+                                                        bound.at(where.engineGraph));
+    }
 }
 
-TrtPtr<nvinfer1::ICudaEngine> TensorRTBackend::loadEngine(const std::string& graph, const std::string& manifestSha) {
+TensorRTBackend::Loaded TensorRTBackend::loadEngine(const std::string& graph, const std::string& manifestSha) {
     const std::string dir = artifacts_ + "/engines/tensorrt/", path = dir + graph + ".engine";
     const std::string fix = ": rebuild with `latentcache build " + artifacts_ + " --backend tensorrt`";
     std::ifstream probe(path);
@@ -337,8 +448,17 @@ TrtPtr<nvinfer1::ICudaEngine> TensorRTBackend::loadEngine(const std::string& gra
     }
     std::vector<std::string> problems;
     const std::string version = meta.value("version", ""), library = libraryVersion();
-    if (meta.value("format", 0) != 1) problems.push_back("engine metadata format " + meta["format"].dump() + " is not 1");
+    if (meta.value("format", 0) != 2) problems.push_back("engine metadata format " + meta["format"].dump() + " is not 2");
     if (meta.value("graph", "") != graph) problems.push_back("it holds graph '" + meta.value("graph", "") + "'");
+    std::vector<std::string> serves;
+    if (meta.contains("serves") && meta["serves"].is_array())
+        for (const auto& served : meta["serves"]) serves.push_back(served.is_string() ? served.get<std::string>() : "");
+    bool known = !serves.empty() && serves.front() == graph;
+    for (const auto& served : serves) known = known && manifest_.hasGraph(served);
+    if (!known) problems.push_back("the graphs it serves are not " + graph + " first among the manifest's");
+    std::vector<std::string> bound;
+    if (meta.contains("bound_weights") && meta["bound_weights"].is_array())
+        for (const auto& name : meta["bound_weights"]) bound.push_back(name.is_string() ? name.get<std::string>() : "");
     if (meta.value("flavour", "") != "tensorrt") problems.push_back("it was built with " + meta.value("flavour", "?"));
     if (version.rfind(library, 0) != 0) problems.push_back("it was built with tensorrt " + version + ", this is " + library);
     if (meta.value("manifest_sha256", "") != manifestSha) problems.push_back("it was built from other artifacts");
@@ -351,11 +471,14 @@ TrtPtr<nvinfer1::ICudaEngine> TensorRTBackend::loadEngine(const std::string& gra
         for (const auto& p : problems) all += (all.empty() ? "" : "; ") + p;
         throw Error(path + ": " + all + fix);
     }
-    TrtPtr<nvinfer1::ICudaEngine> engine(runtime_->deserializeCudaEngine(data.data(), data.size()));
+    SharedEngine engine(runtime_->deserializeCudaEngine(data.data(), data.size()), TrtDeleter<nvinfer1::ICudaEngine>());
     if (!engine) throw Error(path + ": TensorRT could not deserialize it (" + logger_.last() + ")" + fix);
+    if (engine->getNbOptimizationProfiles() != static_cast<int32_t>(serves.size()))
+        throw Error(path + ": its optimization profiles are not the " + std::to_string(serves.size()) +
+                    " its metadata names" + fix);
     // The engine's I/O must be the manifest's (names, direction, dtype, rank): fail closed otherwise.
     const GraphSpec& spec = manifest_.graph(graph);
-    size_t expected = spec.inputs.size() + spec.outputs.size();
+    size_t expected = spec.inputs.size() + spec.outputs.size() + bound.size();  // + the weight inputs
     bool same = static_cast<size_t>(engine->getNbIOTensors()) == expected;
     for (int output = 0; same && output < 2; ++output)
         for (const auto& t : output ? spec.outputs : spec.inputs) {
@@ -368,8 +491,10 @@ TrtPtr<nvinfer1::ICudaEngine> TensorRTBackend::loadEngine(const std::string& gra
                 break;
             }
         }
+    for (const auto& name : bound)
+        same = same && engine->getTensorIOMode(name.c_str()) == nvinfer1::TensorIOMode::kINPUT;
     if (!same) throw Error(graph + " engine I/O differs from the manifest" + fix);
-    return engine;
+    return {engine, serves, bound};
 }
 
 }  // namespace
