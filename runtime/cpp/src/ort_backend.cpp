@@ -9,9 +9,11 @@
 //   weights instead of two, and the tokens the Python runtime's default gives;
 // - on the CPU, the sessions (prefill, coprocessor) share weights.bin's tensors and their prepacked forms
 //   (shared_weights.h): the base's weights are held once with or without the coprocessor.
+#include <dlfcn.h>
 #include <onnxruntime_cxx_api.h>
 
 #include <algorithm>
+#include <fstream>
 #include <thread>
 
 #include "backend.h"
@@ -31,6 +33,34 @@ ONNXTensorElementDataType onnxType(DType dtype) {
         case DType::Bool: return ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
     }
     return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+}
+
+// cudaMemsetAsync and cudaStreamSynchronize of the CUDA runtime that ONNX Runtime's CUDA provider loaded into this
+// process (runtime/backends/memset.py): found in /proc/self/maps and opened with RTLD_NOLOAD, so the native runtime
+// needs no CUDA library of its own. A cache reset is then a device memset, not the whole cache copied from host
+// zeros inside every request's time to first token. Empty where none is loaded (then the reset copies zeros).
+struct CudaMemset {
+    int (*memsetAsync)(void*, int, size_t, void*) = nullptr;
+    int (*synchronize)(void*) = nullptr;
+    explicit operator bool() const { return memsetAsync && synchronize; }
+};
+
+CudaMemset loadedCudaMemset() {
+    std::ifstream maps("/proc/self/maps");
+    std::string line;
+    while (std::getline(maps, line)) {
+        const size_t slash = line.find('/');
+        if (slash == std::string::npos) continue;
+        const std::string path = line.substr(slash);
+        if (path.substr(path.rfind('/') + 1).rfind("libcudart.so", 0) != 0) continue;
+        void* library = dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD);  // ONNX Runtime's: it stays loaded
+        if (!library) continue;
+        CudaMemset found;
+        found.memsetAsync = reinterpret_cast<decltype(found.memsetAsync)>(dlsym(library, "cudaMemsetAsync"));
+        found.synchronize = reinterpret_cast<decltype(found.synchronize)>(dlsym(library, "cudaStreamSynchronize"));
+        if (found) return found;
+    }
+    return {};
 }
 
 // A host tensor seen by ONNX Runtime without a copy (the HostTensor must outlive the value).
@@ -67,6 +97,8 @@ private:
     std::map<std::string, std::vector<Ort::IoBinding>> bindings_;
     std::map<std::string, std::map<std::string, std::string>> inputNames_;  // graph -> role -> tensor name
     Feeds decodeRows_;  // the one-token prefill's embedding rows: zeros, mask 0
+    CudaMemset memset_;  // CUDA: found after the sessions load the provider
+    std::unique_ptr<HostTensor> zeros_;  // CUDA without memset_: one cache tensor of host zeros, made once
 };
 
 OrtBackend::OrtBackend(const std::string& artifacts, const Manifest& manifest, const BackendOptions& options, bool cuda)
@@ -82,6 +114,7 @@ OrtBackend::OrtBackend(const std::string& artifacts, const Manifest& manifest, c
                     "): build against onnxruntime-gpu's libonnxruntime (-DORT_LIBRARY=...)");
     }
     createSessions(artifacts, options);
+    if (cuda_) memset_ = loadedCudaMemset();
     allocateCache();
     const auto sizes = manifest.namedSizes();
     for (const auto& [name, graph] : manifest.graphs) {
@@ -192,20 +225,29 @@ void OrtBackend::reset() {
                 std::fill_n(static_cast<std::byte*>(value.GetTensorMutableRawData()), bytes, std::byte{0});
                 continue;
             }
-            HostTensor zeros(manifest_.kv.dtype, info.GetShape());
+            if (memset_) {  // ONNX Runtime's Run synchronizes its stream before returning: nothing reads the cache now
+                if (memset_.memsetAsync(value.GetTensorMutableRawData(), 0, bytes, nullptr) != 0)
+                    throw Error("CUDA cudaMemsetAsync failed while resetting the kv-cache");
+                continue;
+            }
+            if (!zeros_) zeros_ = std::make_unique<HostTensor>(manifest_.kv.dtype, info.GetShape());
             std::vector<Ort::Value> source;
-            source.push_back(wrap(cpu_, zeros));
+            source.push_back(wrap(cpu_, *zeros_));
             std::vector<Ort::Value> target;
             target.push_back(Ort::Value(static_cast<OrtValue*>(value)));  // borrowed: released below
             env_.CopyTensors(source, target, nullptr);
             target.back().release();
         }
+    if (cuda_ && memset_ && memset_.synchronize(nullptr) != 0)  // the legacy default stream the memsets ran on
+        throw Error("CUDA cudaStreamSynchronize failed while resetting the kv-cache");
     current_ = 0;
 }
 
 std::string OrtBackend::describe() const {
     return std::string("onnxruntime ") + Ort::GetVersionString() + (cuda_ ? " CUDA" : " CPU") + " (" +
-           (caches_.size() == 1 ? "in-place" : "ping-pong") + " kv-cache; weights: " +
+           (caches_.size() == 1 ? "in-place" : "ping-pong") + " kv-cache; " +
+           (!cuda_ ? "" : memset_ ? "cache reset by a device memset; " : "cache reset by a host copy: no CUDA runtime "
+                                                                         "found loaded; ") + "weights: " +
            (shared_ ? shared_->describe() : weightsNote_) + ")";
 }
 
