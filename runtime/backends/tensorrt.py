@@ -300,7 +300,7 @@ class BoundWeights:
         entries = {e["name"]: e for e in self.index["graphs"].get(graph, [])}
         unknown = [name for name in names if name not in entries]
         if unknown:
-            raise EngineMismatch(f"the {graph} engine takes weights weights.json does not list ({unknown[:2]}): "
+            raise EngineMismatch(f"the {graph} engine takes weights that weights.json does not list ({unknown[:2]}): "
                                  "rebuild with `latentcache build`")
         bound = {}
         for name in names:
@@ -320,7 +320,7 @@ class BoundWeights:
     def close(self) -> None:
         for pointer in self.pointers.values():
             self.cuda.free(pointer)
-        self.pointers = {}
+        self.pointers, self.mapped = {}, None
 
 
 # --- the backend ----------------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ public:
             entries[entry.at("name").get<std::string>()] = entry;
         for (const auto& name : names) {
             auto found = entries.find(name);
-            if (found == entries.end()) throw Error("the " + graph + " engine takes a weight weights.json does not list (" + name + ")" + fix);
+            if (found == entries.end()) throw Error("the " + graph + " engine takes a weight that weights.json does not list (" + name + ")" + fix);
             const int64_t offset = found->second.at("offset").get<int64_t>(), length = found->second.at("length").get<int64_t>();
             if (offset < 0 || length < 0 || offset + length > size_)
                 throw Error(name + " lies beyond the end of weights.bin: re-export the artifacts");
