@@ -667,3 +667,17 @@ def test_sessions_given_one_copy_of_the_base_weights_give_the_same_tokens(export
     plain = Generator(OnnxRuntimeBackend(exported.artifacts, manifest))
     for policy in (None, EndOfPrompt(), EveryN(4)):
         assert (tokens_of(Generator(shared), policy, 12) == tokens_of(plain, policy, 12)).all()
+    # The tensors are views into one block of exactly their bytes, which every session keeps alive: it is freed
+    # with the last of them, never before.
+    import gc
+    import weakref
+
+    block = weakref.ref(shared.shared.block)
+    assert block() is not None and all(v.data_ptr() >= block().pointer for v in shared.shared.values.values())
+    shared.shared = None
+    gc.collect()
+    assert block() is not None
+    assert (tokens_of(Generator(shared), EndOfPrompt(), 12) == tokens_of(plain, EndOfPrompt(), 12)).all()
+    del shared
+    gc.collect()
+    assert block() is None

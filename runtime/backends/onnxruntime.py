@@ -11,9 +11,11 @@ Memory: by default decode steps run on the prefill session (one token, no embedd
 base instead of two, at the same speed on ONNX Runtime (the static decode graph exists for TensorRT's CUDA
 graphs). ``separate_decode=True`` loads ``decode.onnx`` as well (the parity tests do). On the CPU every session
 holds its own prepacked copy of its weights. ``share_weights`` (for CUDA) makes the base's tensors that the prefill
-and an unmerged LoRA coprocessor both read one device copy for both (``shared_weights``). It is off by default: on
-an H100 (SmolLM2 fp16 + coprocessor) it gave the same tokens at the same speed but saved only 3 % of device memory
-(988 against 1,020 MiB; docs/results.md).
+and an unmerged LoRA coprocessor both read one device copy for both (``shared_weights``); the CUDA backend does so
+by default. Its first version saved only 3 % of device memory (988 against 1,020 MiB on an H100, SmolLM2 fp16 +
+coprocessor; docs/results.md): its copies came from ONNX Runtime's power-of-two Python arena. Copied into one exact
+block, it gives 744 MiB against 1,020-1,052 per session and 684 base only (1.09x), same tokens (H200,
+docs/results/gpu15).
 
 Quantized weights (``--weights int4``): ONNX Runtime fuses each DequantizeLinear + MatMul into MatMulNBits as
 it loads the graph and, by default, multiplies in int8 (activations quantized per block on the fly, its
@@ -149,6 +151,8 @@ class OnnxRuntimeBackend(Backend):
             if self.shared is not None:
                 self.shared.add_to(name, options)
             self.sessions[name] = self._session(name, manifest.graphs[name], options)
+            if self.shared is not None:  # the sessions read its memory: it must outlive every one of them
+                self.sessions[name].latentcache_shared_weights = self.shared
         buffers = 2 if manifest.kv_update == "portable" else 1
         self.caches = [
             [self._allocate(kv.shape(), dtype) for _ in range(2 * kv.num_layers)] for _ in range(buffers)
@@ -414,7 +418,7 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
 
     def __init__(self, artifacts: Path, manifest: contract.Manifest, threads: int | None = None,
                  separate_decode: bool = False, cuda_graphs: bool = True,
-                 prefill_buckets: tuple[int, ...] = PREFILL_BUCKETS, share_weights: bool = False,
+                 prefill_buckets: tuple[int, ...] = PREFILL_BUCKETS, share_weights: bool = True,
                  attention_kernels: dict[str, str] | None = None, fixed_shapes: bool = False) -> None:
         """``fixed_shapes`` without ``cuda_graphs``: the captured runs' shapes, each launch its own (to profile).
         ``attention_kernels``: per graph, the attention kernels ONNX Runtime may pick for onnx-llm artifacts'
