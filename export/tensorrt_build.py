@@ -5,8 +5,9 @@ parse the ONNX from its path (so the shared ``weights.bin`` resolves as external
 typed network (precision is the ONNX dtypes), add one optimization profile per graph the engine serves, from the
 manifest's named dimensions (``latentcache.tensorrt_support.dynamic_ranges``), build, and write
 ``ARTIFACTS/engines/<flavour>/<graph>.engine`` atomically with ``<graph>.json`` (``EngineMetadata``) beside it.
-By default the prefill engine serves decode as its second profile (``engine_plan``): one copy of the base's
-weights instead of two; ``separate_decode`` builds decode its own engine.
+By default the prefill engine serves decode as its second profile (``engine_plan``; ``separate_decode`` builds decode
+its own engine), and with ``share_weights`` the engines take the base's matrices as inputs, so that the runtime holds
+them once for every engine (TensorRT-RTX keeps a constant weight once per profile: docs/results.md).
 
 TensorRT builds on (and for) the GPU it runs on, so its metadata records that GPU's compute capability and
 the build keeps a timing cache (``engines/tensorrt/timing.cache``, reused across builds). TensorRT-RTX
@@ -192,8 +193,11 @@ def weights_as_inputs(onnx_file: Path, bound: tuple[str, ...]):
     if not bound:
         yield onnx_file
         return
-    import onnx
-
+    try:
+        import onnx
+    except ImportError:
+        raise BackendUnavailable("--share-weights rewrites the graphs' weights into inputs with the onnx package: "
+                                 "pip install onnx") from None
     model = onnx.load(str(onnx_file), load_external_data=False)
     kept, names = [], set(bound)
     for initializer in model.graph.initializer:

@@ -9,7 +9,9 @@ about them.
 
 Engines live in ``ARTIFACTS/engines/<flavour>/<graph>.engine``, each with ``<graph>.json`` beside it
 (``EngineMetadata``). One engine may serve several graphs, one optimization profile each: by default the prefill
-engine serves decode too (``engine_plan``), so the base's weights are in one engine, not two. TensorRT engines are tied to the TensorRT version and to the GPU's compute capability;
+engine serves decode too (``engine_plan``). Engines built with ``--share-weights`` take the base's matrices as
+inputs (``bound_weight_entries``), which the runtime binds to one device copy. TensorRT engines are tied to the
+TensorRT version and to the GPU's compute capability;
 TensorRT-RTX builds ahead of time on the CPU for a set of compute capabilities. The backend refuses any
 mismatch with a message naming the fix: rebuild with ``latentcache build``.
 
@@ -207,8 +209,10 @@ def engine_plan(manifest: Manifest, separate_decode: bool = False) -> dict[str, 
     is a second copy of the base on the device. By default the prefill engine serves decode as its second profile
     (one static query row, the cache's whole capacity attended): the ONNX Runtime backends run decode on the
     prefill graph the same way, and TensorRT tunes each profile's kernels on its own (NVIDIA's Torch-TensorRT
-    "Multiple Optimization Profiles (Prefill / Decode)"). ``separate_decode``: decode gets its own engine.
-    The coprocessor has weights of its own (a fine-tuned or merged copy) and always its own engine.
+    "Multiple Optimization Profiles (Prefill / Decode)"). TensorRT-RTX still keeps the layers' weights once per
+    profile (SmolLM2 fp16: 466 MiB for the two-profile engine, 261 + 259 for two engines; docs/results.md), so the
+    one engine saves only what lies outside them; one copy takes ``--share-weights``. ``separate_decode``: decode
+    gets its own engine. The coprocessor always has its own engine.
     """
     graphs = [g for g in GRAPHS if g in manifest.graphs]  # prefill before the decode it serves
     if "decode" in graphs and "prefill" in graphs and not separate_decode:
