@@ -27,6 +27,7 @@ no CUDA runtime is found loaded, each tensor is copied through the Python API as
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import weakref
 from collections import Counter
@@ -118,10 +119,22 @@ def borrowed_view(ort, value):
     """
     try:
         capsule = value._ortvalue.to_dlpack()
+    except AttributeError as missing:
+        raise no_dlpack(ort) from missing
+    return from_dlpack(ort, capsule)
+
+
+def no_dlpack(ort) -> LatentcacheError:
+    return LatentcacheError(f"onnxruntime {ort.__version__} has no DLPack support, which share_weights needs to hand "
+                            "one device copy to several sessions: pass share_weights=False")
+
+
+def from_dlpack(ort, capsule):
+    """The OrtValue ONNX Runtime makes of a DLPack capsule (it takes the capsule's deleter with it)."""
+    try:
         return ort.OrtValue(ort.capi._pybind_state.OrtValue.from_dlpack(capsule))
     except AttributeError as missing:
-        raise LatentcacheError(f"onnxruntime {ort.__version__} has no DLPack support, which share_weights needs to hand "
-                           "one device copy to several sessions: pass share_weights=False") from missing
+        raise no_dlpack(ort) from missing
 
 
 class Block:
@@ -185,7 +198,8 @@ _CAPSULE_NAME = b"dltensor"
 _DL_CODES = {"f": 2, "i": 0, "u": 1}  # kDLFloat, kDLInt, kDLUInt
 
 
-def _libc():
+@functools.cache
+def _libc():  # once: dlpack_view runs per shared tensor
     libc = ctypes.CDLL(None)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
@@ -213,8 +227,4 @@ def dlpack_view(ort, pointer: int, shape, dtype, dlpack_device: int, device_id: 
     new_capsule = ctypes.pythonapi.PyCapsule_New
     new_capsule.restype, new_capsule.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
     capsule = new_capsule(address, _CAPSULE_NAME, None)
-    try:
-        return ort.OrtValue(ort.capi._pybind_state.OrtValue.from_dlpack(capsule))
-    except AttributeError as missing:
-        raise LatentcacheError(f"onnxruntime {ort.__version__} has no DLPack support, which share_weights needs to hand "
-                           "one device copy to several sessions: pass share_weights=False") from missing
+    return from_dlpack(ort, capsule)
